@@ -1,0 +1,165 @@
+"""Multi-scale deformable attention (Deformable DETR), in plain PyTorch.
+
+A query ``q`` with a reference point ``r_q`` (normalised ``(x, y)`` in ``[0, 1]``) looks at
+``P`` points on each of ``L`` feature levels, for each of ``M`` heads:
+
+.. math::
+
+    \\mathrm{MSDeformAttn}(z_q, r_q, \\{x^l\\}) = W_o \\Big[\\sum_{l=1}^{L}\\sum_{k=1}^{P}
+        A_{mlqk}\\; W_v x^l\\big(\\phi_l(r_q) + \\Delta p_{mlqk}\\big)\\Big]_{m=1..M}
+
+with attention weights ``A`` (softmax over the ``L*P`` samples of a head) and offsets ``Delta p``
+both predicted from the query by linear layers. ``x^l(p)`` is bilinear interpolation of level
+``l`` at the fractional location ``p``: pixel ``(i, j)`` has its centre at ``(j + 0.5, i + 0.5)``
+in pixel units, locations are normalised by the level's width and height, and samples that fall
+outside the map read zeros. :func:`multi_scale_deformable_attention` is that sampling and
+weighting; :class:`MSDeformAttn` adds the projections and the usual initialisation.
+
+There is no custom CUDA kernel: :func:`torch.nn.functional.grid_sample` does the bilinear
+sampling, so the same code runs (and back-propagates) on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["multi_scale_deformable_attention", "MSDeformAttn"]
+
+
+def multi_scale_deformable_attention(
+    value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Sample ``value`` at the given locations and sum the samples with the given weights.
+
+    Args:
+        value: ``(B, S, M, D)``: ``M`` heads of ``D`` channels for ``S = sum_l H_l * W_l``
+            flattened positions, levels concatenated in the order of ``spatial_shapes``, each
+            level row-major (``index = y * W_l + x``).
+        spatial_shapes: ``(L, 2)`` integer ``(H_l, W_l)`` per level.
+        sampling_locations: ``(B, Q, M, L, P, 2)`` normalised ``(x, y)``; ``(0, 0)`` is the
+            top-left corner of the map, ``(1, 1)`` the bottom-right corner. Values outside
+            ``[0, 1]`` are allowed and read zero padding.
+        attention_weights: ``(B, Q, M, L, P)``.
+
+    Returns:
+        ``(B, Q, M * D)``:
+        ``out[b, q, m*D:(m+1)*D] = sum_{l, p} w[b, q, m, l, p] * bilinear(value_l[b, :, m, :],
+        loc[b, q, m, l, p])`` with ``bilinear`` sampling at pixel coordinates
+        ``(x * W_l - 0.5, y * H_l - 0.5)`` from pixel centres, zero outside.
+    """
+    batch, _, heads, channels = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    value_levels = value.split(sizes, dim=1)
+    # grid_sample's grid is in [-1, 1]; align_corners=False puts pixel centres at half-integers.
+    grids = 2.0 * sampling_locations - 1.0
+    sampled = []
+    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+        # (B, H*W, M, D) -> (B*M, D, H, W)
+        v = value_levels[level].flatten(2).transpose(1, 2).reshape(batch * heads, channels, h, w)
+        # (B, Q, M, P, 2) -> (B*M, Q, P, 2)
+        g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled.append(
+            F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )  # (B*M, D, Q, P)
+    # (B*M, D, Q, L, P) weighted by (B*M, 1, Q, L, P)
+    stacked = torch.stack(sampled, dim=-2)
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels, points)
+    out = (stacked * weights).sum(dim=(-1, -2))  # (B*M, D, Q)
+    return out.view(batch, heads * channels, queries).transpose(1, 2).contiguous()
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention with its projections.
+
+    Args:
+        embed_dim: ``C``, the query and value width; must be divisible by ``num_heads``.
+        num_levels: ``L`` feature levels.
+        num_heads: ``M`` heads of ``C / M`` channels.
+        num_points: ``P`` sampling points per head and level.
+
+    Initialisation (Deformable DETR's): the offset layer has zero weights and a bias that puts
+    head ``m``'s point ``k`` at ``(k + 1)`` pixels along direction ``2 pi m / M`` (scaled so the
+    largest coordinate is ``k + 1``); attention weights start uniform (zero weight and bias);
+    value and output projections are Xavier-uniform with zero bias.
+    """
+
+    def __init__(self, *, embed_dim: int = 256, num_levels: int = 4, num_heads: int = 8,
+                 num_points: int = 4) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(
+                f"MSDeformAttn: embed_dim={embed_dim} is not divisible by num_heads={num_heads}; "
+                "choose num_heads that divides embed_dim."
+            )
+        self.embed_dim = embed_dim
+        self.num_levels = num_levels
+        self.num_heads = num_heads
+        self.num_points = num_points
+        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], dim=-1)  # (M, 2)
+        grid = grid / grid.abs().max(dim=-1, keepdim=True).values
+        grid = grid[:, None, None, :].repeat(1, self.num_levels, self.num_points, 1)
+        grid = grid * torch.arange(1, self.num_points + 1, dtype=torch.float32)[None, None, :, None]
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
+                spatial_shapes: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Attend from ``query`` to the multi-scale ``value``.
+
+        Args:
+            query: ``(B, Q, C)`` (content plus positional embedding).
+            reference_points: ``(B, Q, L, 2)`` normalised ``(x, y)`` per level, or
+                ``(B, Q, L, 4)`` normalised ``(cx, cy, w, h)`` boxes; with boxes the offsets
+                are scaled by half the box size divided by ``P``
+                (``loc = c + dp / P * wh / 2``), with points by the level size
+                (``loc = r + dp / (W_l, H_l)``).
+            value: ``(B, S, C)`` flattened levels, ``S = sum_l H_l * W_l``.
+            spatial_shapes: ``(L, 2)`` integer ``(H_l, W_l)``.
+            padding_mask: ``(B, S)`` bool, True at padded positions (their values become 0).
+
+        Returns:
+            ``(B, Q, C)``.
+        """
+        batch, queries, _ = query.shape
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
+        v = self.value_proj(value)
+        if padding_mask is not None:
+            v = v.masked_fill(padding_mask[..., None], 0.0)
+        v = v.view(batch, v.shape[1], m, self.embed_dim // m)
+        offsets = self.sampling_offsets(query).view(batch, queries, m, lv, p, 2)
+        weights = self.attention_weights(query).view(batch, queries, m, lv * p)
+        weights = weights.softmax(-1).view(batch, queries, m, lv, p)
+        if reference_points.shape[-1] == 2:
+            normaliser = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
+            locations = (reference_points[:, :, None, :, None, :]
+                         + offsets / normaliser[None, None, None, :, None, :])
+        elif reference_points.shape[-1] == 4:
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError(
+                "MSDeformAttn: reference_points must end in 2 (points) or 4 (boxes), "
+                f"got shape {tuple(reference_points.shape)}."
+            )
+        out = multi_scale_deformable_attention(v, spatial_shapes, locations, weights)
+        return self.output_proj(out)
