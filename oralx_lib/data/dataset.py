@@ -316,18 +316,21 @@ class OralXrays9(Dataset):
         return self.img_dir / self._records[index]["file_name"]
 
     def load_image(self, index: int) -> torch.Tensor:
-        """Decode item ``index``'s image as float ``(3, H, W)`` in ``[0, 1]``."""
-        from torchvision.io import ImageReadMode, decode_image, read_file
+        """Decode item ``index``'s image as float ``(3, H, W)`` in ``[0, 1]``: the radiograph's
+        gray levels (colour files are converted to luminance) replicated to 3 channels."""
+        from PIL import Image
 
         path = self.image_path(index)
         try:
-            img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            with Image.open(path) as im:
+                gray = np.array(im.convert("L"))
         except Exception as exc:  # noqa: BLE001 - reported with the file name
             raise DatasetError(
                 f"{path}: cannot decode the image ({type(exc).__name__}: {exc}). The file is "
                 "damaged or not an image: replace it, or remove image id "
                 f"{self._records[index]['id']} from {self.ann_file}."
             ) from None
+        img = torch.from_numpy(gray).float().div_(255.0).unsqueeze(0).repeat(3, 1, 1)
         rec = self._records[index]
         if tuple(img.shape[-2:]) != (rec["height"], rec["width"]):
             warnings.warn(
@@ -336,7 +339,7 @@ class OralXrays9(Dataset):
                 DatasetWarning,
                 stacklevel=2,
             )
-        return img.float().div_(255.0)
+        return img
 
     def target(self, index: int) -> dict[str, torch.Tensor | int]:
         rec = self._records[index]
