@@ -1,0 +1,52 @@
+# OralX Book: the two commands of the README are `make book` and `make test`.
+# Both create .venv if missing, install the project with its extras, and generate the embedded
+# synthetic dataset (data/synthetic) if it is not there yet.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.oralx-installed
+DATA   := data/synthetic
+NB_TIMEOUT ?= 1800
+
+.PHONY: setup data book test test-fast student strip bench clean help
+
+help:
+	@echo "make book     build the site to _build/html (sets everything up first)"
+	@echo "make test     run the test suite and execute every notebook"
+	@echo "make student  build the student edition (solutions hidden) to _build/student"
+	@echo "make strip    remove outputs from the notebooks before committing"
+	@echo "make bench    run the speed benchmarks (prints tables, writes benchmarks/results/)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar off -e ".[book,test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data: setup
+	$(BIN)/python -c "from oralx_lib.data import ensure_synthetic; print('dataset:', ensure_synthetic('$(DATA)'))"
+
+book: data
+	$(BIN)/jupyter-book build . --builder html --keep-going
+	@echo "site: _build/html/index.html"
+
+student: data
+	$(BIN)/python -m oralx_lib.student --out _build/student
+
+test: data
+	$(BIN)/python -m pytest tests --nbmake book --nbmake-timeout=$(NB_TIMEOUT) -p no:cacheprovider
+
+test-fast: data
+	$(BIN)/python -m pytest tests -m "not slow"
+
+strip:
+	$(BIN)/python -m oralx_lib.notebooks strip book
+
+bench: data
+	$(BIN)/python benchmarks/bench_data.py --out benchmarks/results/data.json
+
+clean:
+	rm -rf _build
