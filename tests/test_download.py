@@ -211,10 +211,15 @@ def test_extract_each_kind_of_zip(tmp_path, mode):
     assert (res.extracted, res.skipped, res.nested) == (3, 0, [])
 
 
+def _not_python(*args, **kwargs):
+    raise AssertionError("the unzip program should have extracted this member")
+
+
 @pytest.mark.skipif(not HAS_UNZIP, reason="needs the unzip program")
 @pytest.mark.parametrize("engine", ["unzip", "auto"])
-def test_extract_zipcrypto_with_unzip_program(tmp_path, engine):
+def test_extract_zipcrypto_with_unzip_program(tmp_path, monkeypatch, engine):
     z = write_zip(tmp_path / "x.zip", SAMPLE, "zipcrypto")
+    monkeypatch.setattr(dl, "_extract_member", _not_python)
     res = dl.extract_archive(z, tmp_path / "out", progress=False, engine=engine)
     assert_tree(tmp_path / "out", SAMPLE)  # staging folder gone, no leftovers
     assert res.extracted == 3
@@ -222,8 +227,10 @@ def test_extract_zipcrypto_with_unzip_program(tmp_path, engine):
 
 @pytest.mark.parametrize("mode,engine", [("aes", "python"), ("zipcrypto", "python")]
                          + ([("zipcrypto", "unzip")] if HAS_UNZIP else []))
-def test_wrong_password_names_the_readme_password(tmp_path, mode, engine):
+def test_wrong_password_names_the_readme_password(tmp_path, monkeypatch, mode, engine):
     z = write_zip(tmp_path / "x.zip", SAMPLE, mode)
+    if engine == "unzip":
+        monkeypatch.setattr(dl, "_extract_member", _not_python)
     with pytest.raises(dl.DownloadError) as err:
         dl.extract_archive(z, tmp_path / "out", password="not-it", progress=False, engine=engine)
     msg = str(err.value)

@@ -65,15 +65,18 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 _STAGING = ".oralx-staging"
 _SKIP_DIRS = frozenset({"__MACOSX", _STAGING})
 _CHUNK = 1 << 20
-_MANUAL_HINT = (
-    "Or get the files another way: open the folder in a browser, download the zips by hand (or "
-    "'Make a copy' / 'Add shortcut to Drive' into your own Google Drive and mount it in Colab), "
-    "then run with --from-archive <the folder or zip> (Python: from_archive=...)."
-)
 
 
 class DownloadError(RuntimeError):
     """Getting or unpacking the dataset failed; the message says why and what to do next."""
+
+
+def _manual_hint(url: str = DRIVE_FOLDER_URL) -> str:
+    return (
+        f"Or get the files another way: open {url} in a browser, download the zips by hand (or "
+        "'Add shortcut to Drive' / copy them into your own Google Drive and mount it in Colab), "
+        "then run with --from-archive <the folder or zip> (Python: from_archive=...)."
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,14 +149,14 @@ def _drive_error(exc: BaseException, url: str, what: str) -> DownloadError:
         msg = (
             f"Google Drive refused {what}: its download quota is used up ('Too many users have "
             "viewed or downloaded this file recently'). Retry in a few hours (the quota resets "
-            "within about 24 h; finished files are kept and skipped). " + _MANUAL_HINT
+            "within about 24 h; finished files are kept and skipped). " + _manual_hint(url)
         )
     elif "permission" in low or "many accesses" in low or re.search(
             r"\b(403|404)\b|forbidden|not found", low):
         msg = (
             f"Google Drive would not hand out {what}: the link is not public any more, the URL is "
             "wrong, or the file has had too many downloads recently. Check the URL "
-            f"({url}; pass another with --url), retry later, or: " + _MANUAL_HINT
+            f"({url}; pass another with --url), retry later, or: " + _manual_hint(url)
         )
     elif isinstance(exc, OSError) or any(
         k in low for k in ("connection", "name resolution", "timed out", "network is unreachable")
@@ -161,12 +164,12 @@ def _drive_error(exc: BaseException, url: str, what: str) -> DownloadError:
         msg = (
             f"Could not reach Google Drive for {what} (offline, or the network blocks it): "
             f"{type(exc).__name__}: {text}. Check the connection and run again; finished files "
-            "are kept and skipped. " + _MANUAL_HINT
+            "are kept and skipped. " + _manual_hint(url)
         )
     else:
         msg = (
             f"Downloading {what} from Google Drive failed: {type(exc).__name__}: {text}. Run "
-            "again (finished files are skipped). " + _MANUAL_HINT
+            "again (finished files are skipped). " + _manual_hint(url)
         )
     return DownloadError(msg)
 
@@ -197,7 +200,7 @@ def download_folder(url: str, dest: str | os.PathLike, *, quiet: bool = False) -
         except Exception as exc:  # noqa: BLE001 - gdown raises many kinds; all are mapped
             raise _drive_error(exc, url, "the folder") from exc
         if not files:
-            raise DownloadError(f"Google Drive returned nothing for {url}. " + _MANUAL_HINT)
+            raise DownloadError(f"Google Drive returned nothing for {url}. " + _manual_hint(url))
         return [Path(f) for f in files]
 
     try:
@@ -205,7 +208,7 @@ def download_folder(url: str, dest: str | os.PathLike, *, quiet: bool = False) -
     except Exception as exc:  # noqa: BLE001
         raise _drive_error(exc, url, "the folder's file list") from exc
     if not listing:
-        raise DownloadError(f"The Google Drive folder {url} looks empty. " + _MANUAL_HINT)
+        raise DownloadError(f"The Google Drive folder {url} looks empty. " + _manual_hint(url))
     paths: list[Path] = []
     for item in tqdm(listing, desc="files", unit="file", disable=quiet):
         local = Path(item.local_path)
@@ -215,7 +218,8 @@ def download_folder(url: str, dest: str | os.PathLike, *, quiet: bool = False) -
         except Exception as exc:  # noqa: BLE001
             raise _drive_error(exc, url, f"'{item.path}'") from exc
         if not got:
-            raise DownloadError(f"Google Drive returned nothing for '{item.path}'. " + _MANUAL_HINT)
+            raise DownloadError(f"Google Drive returned nothing for '{item.path}'. "
+                                + _manual_hint(url))
         paths.append(Path(got))
     return paths
 
@@ -385,7 +389,8 @@ def _is_zipcrypto(info) -> bool:
 
 
 def _wrong_password(archive: Path, member: str, password: bytes | None) -> DownloadError:
-    given = "no password" if password is None else f"the password {password.decode(errors='replace')!r}"
+    given = ("no password" if password is None
+             else f"the password {password.decode(errors='replace')!r}")
     return DownloadError(
         f"{archive}: cannot decrypt member {member!r} with {given}. The OralXrays-9 zips open "
         f"with the password from the dataset's README, {ARCHIVE_PASSWORD!r} (the default). If "
@@ -437,7 +442,7 @@ def extract_archive(
         progress: a tqdm bar over the bytes to write.
         nested: also extract ``*.zip`` members.
         engine: ``"python"`` (pyzipper for everything), ``"unzip"`` (the Info-ZIP ``unzip``
-            program for ZipCrypto members, ~50x faster than pure-Python decryption) or
+            program for ZipCrypto members, ~30x faster than pure-Python decryption) or
             ``"auto"`` (``unzip`` when installed and useful, else pyzipper). AES members always
             go through pyzipper (fast: its AES is compiled).
 
@@ -448,7 +453,8 @@ def extract_archive(
                     nested=nested, engine=engine, depth=0)
 
 
-def _extract(archive: Path, dest: Path, *, password, progress, nested, engine, depth) -> ExtractResult:
+def _extract(archive: Path, dest: Path, *, password, progress, nested, engine,
+             depth) -> ExtractResult:
     if engine not in ("auto", "python", "unzip"):
         raise ConfigError(f"engine={engine!r}: use 'auto', 'python' or 'unzip'.")
     if not archive.exists():
@@ -697,7 +703,7 @@ def normalise_layout(
             _place(src, dst, keep_source=keep_source)
         if missing and progress:
             tqdm.write(f"{split}: {len(missing)} image(s) listed in {src_json.name} were not "
-                       f"found under {src_root} (e.g. {missing[0]}); verify_dataset will list them.")
+                       f"found under {src_root} (e.g. {missing[0]}); verify_dataset lists them.")
     return out
 
 
@@ -1224,7 +1230,8 @@ def prepare_oralxrays9(
         src = Path(from_archive).expanduser()
         if not src.exists():
             raise DownloadError(f"--from-archive {src}: no such file or folder.")
-        archives = [src] if src.is_file() else _find_archives(src)
+        archives = [src] if src.is_file() else [
+            a for a in _find_archives(src) if out.resolve() not in a.resolve().parents]
         if not archives:
             if src.is_dir() and _coco_jsons(src):
                 extracted, keep_source = src, True  # an already extracted copy
@@ -1240,7 +1247,7 @@ def prepare_oralxrays9(
         archives = _find_archives(out / "_download")
         if not archives:
             raise DownloadError(f"No .zip in the downloaded folder {out / '_download'}. "
-                                + _MANUAL_HINT)
+                                + _manual_hint(url))
         finish("download")
 
     if "extract" not in done and not keep_source:
