@@ -70,9 +70,12 @@ def balanced_supcon_loss(features: Tensor, labels: Tensor, centers: Tensor, temp
     same = labels[:, None] == contrast_labels[None, :]  # (N, N + C)
     self_mask = torch.zeros_like(same)
     self_mask[:, :num] = torch.eye(num, dtype=torch.bool, device=same.device)
-    class_size = counts[contrast_labels][None, :] - same.to(features.dtype)  # n_label(j) - [label(j) = y_i]
+    # log(n_label(j) - [label(j) = y_i]), from two per-class tables (n_k >= 1 and n_k - 1 >= 1 where used).
+    log_n = counts.log()[contrast_labels]  # (N + C,)
+    log_n_minus_one = (counts - 1).clamp(min=1).log()[contrast_labels]  # (N + C,)
+    log_class_size = torch.where(same, log_n_minus_one[None, :], log_n[None, :])  # (N, N + C)
 
-    weighted = (logits - class_size.clamp(min=1).log()).masked_fill(self_mask, float("-inf"))
+    weighted = (logits - log_class_size).masked_fill(self_mask, float("-inf"))
     log_denominator = torch.logsumexp(weighted, dim=1)  # (N,) log D_i
 
     positives = same & ~self_mask
