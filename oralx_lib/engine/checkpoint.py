@@ -1,0 +1,223 @@
+"""Checkpoints that are safe to write and safe to open.
+
+*Safe to write*: :func:`save_checkpoint` writes to a temporary file in the target's folder,
+flushes it to disk (``fsync``) and renames it over the target with ``os.replace``, which is atomic
+on POSIX and Windows. A crash or a full disk mid-save leaves the previous checkpoint intact.
+
+*Safe to open*: :func:`load_checkpoint` uses ``torch.load(..., weights_only=True)``, whose
+unpickler accepts only tensors and plain containers, so opening a checkpoint someone sent you
+cannot run code. A checkpoint therefore holds only tensors, dicts, lists, tuples, str, int,
+float, bool and None: RNG states are converted (:func:`capture_rng_state`), the config is a
+dict, and :func:`plain_state` rewrites the few objects PyTorch state dicts may contain (the
+``Counter`` of ``MultiStepLR``).
+
+A training checkpoint (``last.pt`` / ``best.pt``) is a dict::
+
+    {"format": 1, "epoch": int, "iteration": int, "step": int, "model": state_dict,
+     "optimizer": ..., "scheduler": ..., "scaler": ..., "rng": [per-rank RNG states],
+     "config": dict, "history": [per-epoch dicts], "best_ap": float | None, ...}
+
+where ``(epoch, iteration)`` is the position of the *next* step to run (0-based epoch,
+iterations already done in it) and ``step`` counts optimizer steps so far.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = 1
+_COUNTER_KEY = "__counter__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or holds something a checkpoint may not hold."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing and reading
+# ------------------------------------------------------------------------------------------------
+def check_plain(obj: Any, where: str = "state") -> None:
+    """Raise :class:`CheckpointError` naming the first value ``weights_only`` loading rejects."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.Size,
+                                       torch.dtype, torch.device)):
+        return
+    if isinstance(obj, (dict, OrderedDict)) and type(obj) in (dict, OrderedDict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise CheckpointError(f"{where}: key {key!r} ({type(key).__name__}) is not plain")
+            check_plain(value, f"{where}[{key!r}]")
+        return
+    if type(obj) in (list, tuple):
+        for i, value in enumerate(obj):
+            check_plain(value, f"{where}[{i}]")
+        return
+    raise CheckpointError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}: a checkpoint holds only "
+        "tensors and plain containers (convert it first, e.g. with plain_state)."
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+
+    ``state`` must hold only tensors and plain containers (checked first, so a bad value fails
+    before anything is written). Returns the path.
+    """
+    path = Path(path)
+    check_plain(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: no code from the file runs.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, truncated, corrupt or
+    holds objects other than tensors and plain containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: no checkpoint there. Train first (python -m oralx_lib train ...) or "
+            "pass the path of an existing last.pt / best.pt."
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to open: it holds objects other than tensors and plain containers "
+            f"({str(exc).splitlines()[0]}). Only open checkpoints written by oralx_lib."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse means a damaged file
+        raise CheckpointError(
+            f"{path}: the file is truncated or corrupt ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Delete it and use "
+            "another checkpoint (best.pt, or last.pt of an earlier save)."
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of state, found {type(state).__name__}.")
+    return state
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain conversions
+# ------------------------------------------------------------------------------------------------
+def plain_state(obj: Any) -> Any:
+    """Rewrite ``Counter`` (MultiStepLR's milestones), numpy arrays / scalars and paths into
+    plain values; :func:`restore_state` undoes the ``Counter`` rewrite."""
+    if isinstance(obj, Counter):
+        return {_COUNTER_KEY: [[k, v] for k, v in obj.items()]}
+    if isinstance(obj, dict):
+        return {k: plain_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        converted = [plain_state(v) for v in obj]
+        return converted if isinstance(obj, list) else tuple(converted)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def restore_state(obj: Any) -> Any:
+    """Inverse of :func:`plain_state` for ``Counter``."""
+    if isinstance(obj, dict):
+        if set(obj) == {_COUNTER_KEY}:
+            return Counter({k: v for k, v in obj[_COUNTER_KEY]})
+        return {k: restore_state(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [restore_state(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(restore_state(v) for v in obj)
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------
+# Random number generators
+# ------------------------------------------------------------------------------------------------
+def capture_rng_state() -> dict:
+    """Python, numpy, torch CPU and CUDA generator states as tensors and plain values.
+
+    - Python's Mersenne Twister: ``(version, 625 ints, gauss_next)`` -> int64 tensor;
+    - numpy's legacy global generator: ``("MT19937", 624 uint32, pos, has_gauss, cached)``;
+    - torch: ``get_rng_state()`` (uint8 tensor), and one per CUDA device when CUDA is in use.
+    """
+    version, internal, gauss = random.getstate()
+    key, np_keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": int(version),
+                   "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"key": str(key), "state": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Put back what :func:`capture_rng_state` recorded."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["key"], npst["state"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached"]))
+    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in cuda])
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "capture_rng_state",
+    "check_plain",
+    "load_checkpoint",
+    "plain_state",
+    "restore_rng_state",
+    "restore_state",
+    "save_checkpoint",
+]
