@@ -52,3 +52,13 @@ def profile() -> str:
 def is_colab() -> bool:
     """True inside Google Colab."""
     return "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ
+
+
+def runs_root() -> Path:
+    """Where training runs go: ``$ORALX_RUNS`` (e.g. a folder on a mounted Google Drive, so that
+    checkpoints survive a Colab disconnect), else ``<repo>/runs`` or ``./runs``."""
+    env = os.environ.get("ORALX_RUNS")
+    if env:
+        return Path(env).expanduser()
+    root = repo_root()
+    return (root if root is not None else Path.cwd()) / "runs"

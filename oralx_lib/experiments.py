@@ -1,0 +1,157 @@
+"""Training runs the book's chapters share.
+
+Several chapters need the same trained models (the baseline appears in the RPN, DI-RPN, CB-SCR
+and evaluation chapters). :func:`run_experiment` trains a model once into
+``runs/book/<name>`` and hands the finished run to every later caller whose configuration is
+the same; an interrupted run is resumed from its ``last.pt``. Evaluations are cached beside
+the checkpoints.
+
+The ``fast`` book profile (``ORALX_PROFILE=fast``, the site build and CI) is the engine's
+``tiny`` profile with :data:`BOOK_FAST` on top: a ResNet-18 FPN from scratch at 512 x 288 for a few
+CPU minutes. The ``full`` profile is the released recipe on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import paths
+
+#: What the book's fast profile changes in the engine's ``tiny`` profile: long enough that the
+#: detectors find the frequent, large classes on the synthetic set, short enough for a CPU.
+BOOK_FAST: dict[str, Any] = {
+    "epochs": 6,
+    "max_iters_per_epoch": 40,
+    "lr": 1e-3,
+    "backbone_lr_mult": 1.0,
+    "clip_grad_norm": 10.0,
+    "lr_milestones": [5],
+    "warmup_iters": 20,
+    "val_subset": 24,
+}
+
+
+def engine_profile(profile: str | None = None) -> str:
+    """``ORALX_PROFILE`` (``fast``/``full``) -> the engine's profile name (``tiny``/``full``)."""
+    profile = profile or paths.profile()
+    return {"fast": "tiny"}.get(profile, profile)
+
+
+@dataclass
+class Experiment:
+    """A finished training run: its folder, config, summary and metric history."""
+
+    name: str
+    out_dir: Path
+    config: Any
+    summary: dict
+    _model: torch.nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def history(self) -> list[dict]:
+        """The records of ``metrics.jsonl`` (training steps and evaluations)."""
+        from .engine import read_jsonl
+
+        return read_jsonl(self.out_dir / "metrics.jsonl")
+
+    @property
+    def checkpoint(self) -> Path:
+        best = self.out_dir / "best.pt"
+        return best if best.is_file() else self.out_dir / "last.pt"
+
+    def model(self) -> torch.nn.Module:
+        """The trained model (best checkpoint by val AP, else the last), in eval mode."""
+        if self._model is None:
+            from .engine import load_model
+
+            self._model = load_model(self.checkpoint).eval()
+        return self._model
+
+    def _dataset(self, split: str):
+        from .data import OralXrays9
+
+        return OralXrays9(self.config.data_root, split)
+
+    def _cached(self, stem: str):
+        path = self.out_dir / f"{stem}.json"
+        if path.is_file() and path.stat().st_mtime >= self.checkpoint.stat().st_mtime:
+            return json.loads(path.read_text())
+        return None
+
+    def evaluate(self, split: str = "val", *, max_dets: int = 100) -> dict:
+        """COCO metrics (:func:`oralx_lib.evaluation.evaluate_coco`) on a split, cached."""
+        stem = f"eval_{split}_{max_dets}"
+        cached = self._cached(stem)
+        if cached is not None:
+            return cached
+        from .engine import evaluate_model
+
+        metrics, detections = evaluate_model(self.model(), self._dataset(split),
+                                             max_dets=max_dets, progress=False)
+        (self.out_dir / f"detections_{split}_{max_dets}.json").write_text(json.dumps(detections))
+        (self.out_dir / f"{stem}.json").write_text(json.dumps(metrics, indent=1))
+        return metrics
+
+    def detections(self, split: str = "val", *, max_dets: int = 100) -> list[dict]:
+        """COCO result dicts on a split (computed with :meth:`evaluate`)."""
+        self.evaluate(split, max_dets=max_dets)
+        return json.loads((self.out_dir / f"detections_{split}_{max_dets}.json").read_text())
+
+    @torch.no_grad()
+    def predictions(self, dataset, indices=None) -> list[dict]:
+        """torchvision-style outputs ``{"boxes", "labels", "scores"}`` for dataset items."""
+        model = self.model()
+        device = next(model.parameters()).device
+        out = []
+        for i in (range(len(dataset)) if indices is None else indices):
+            image, _ = dataset[i]
+            pred = model([image.to(device)])[0]
+            out.append({k: v.detach().cpu() for k, v in pred.items()})
+        return out
+
+
+def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, data=None,
+                   name: str | None = None, progress: bool = True,
+                   **overrides) -> Experiment:
+    """Train ``model`` (a :func:`oralx_lib.models.build_model` name) or reuse a finished run.
+
+    Args:
+        model: ``faster_rcnn``, ``di_rpn``, ``cb_scr``, ``moqam_rcnn`` or ``moqam``.
+        seed: the run's seed (part of the default name).
+        profile: ``fast``/``tiny`` or ``full``/``colab``; default from ``ORALX_PROFILE``.
+        data: dataset root (default: ``ORALX_DATA`` or the synthetic set).
+        name: folder name under ``runs/book/`` (default ``<model>-<profile>-s<seed>``).
+        **overrides: :class:`oralx_lib.engine.TrainConfig` fields.
+
+    A run whose saved ``config.json`` differs from the requested config is moved aside to
+    ``<name>.previous`` and trained again.
+    """
+    from .engine import make_config, train
+
+    prof = engine_profile(profile)
+    data_root = Path(data) if data is not None else paths.default_data_root()
+    if data is None and "ORALX_DATA" not in __import__("os").environ:
+        from .data import ensure_synthetic
+
+        ensure_synthetic(data_root)
+    name = name or f"{model}-{prof}-s{seed}"
+    out = paths.runs_root() / "book" / name
+    settings = {**(BOOK_FAST if prof == "tiny" else {}), **overrides}
+    config = make_config(prof, model=model, seed=seed, data_root=str(data_root.resolve()),
+                         out_dir=str(out), **settings)
+    saved = out / "config.json"
+    if saved.is_file() and json.loads(saved.read_text()) != json.loads(config.to_json()):
+        previous = out.with_name(out.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        out.rename(previous)
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if summary is None or summary.get("epochs_completed", 0) < config.epochs:
+        summary = train(config, progress=progress, resume=True)
+    return Experiment(name=name, out_dir=out, config=config, summary=summary)
