@@ -1,0 +1,631 @@
+"""The complete MOQAM detector: a Co-DINO query head trained with collaborative branches.
+
+Training graph (``B`` images; ``C = embed_dim``; ``K = num_queries``):
+
+1. ``GeneralizedRCNNTransform`` normalises, resizes and pads the images; the padding mask is
+   True outside each image.
+2. A ResNet gives ``C2..C5``; a channel mapper (1x1 conv + GroupNorm per level, plus a stride-2
+   3x3 conv + GroupNorm on ``C5``) gives 5 maps of ``C`` channels at strides 4..64.
+3. The deformable encoder mixes the flattened maps (``S`` tokens) with sine positions plus level
+   embeddings.
+4. Two-stage query selection: every token proposes a box (:func:`encoder_proposals`), scored by
+   a class head; the top ``K`` become the decoder's reference boxes (detached) while the content
+   queries are learned embeddings (mixed query selection).
+5. The decoder refines the boxes layer by layer. In training it also receives the contrastive
+   denoising queries, and - in a second pass - the *customized positive queries* built from the
+   positive samples of the collaborative branches (RPN + RoI head with DI-RPN and CB-SCR, ATSS),
+   which run on the encoder's memory reshaped back into maps plus one stride-2 level.
+6. Losses: quality focal + L1 + GIoU on the encoder's top ``K`` and on every decoder layer
+   (Hungarian matching), on the denoising queries and on the customized queries (fixed
+   assignment), plus each branch's own losses.
+
+At inference only the query head runs: the top ``k`` (query, class) pairs by sigmoid score,
+optionally Gaussian soft-NMS, at most ``detections_per_img`` boxes in original image pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import box_convert
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..paths import ConfigError
+from .moqam_denoising import denoising_attention_mask, denoising_queries, group_attention_mask
+from .moqam_heads import AuxSamples, CollaborativeBranches, build_collaborative_branches
+from .moqam_losses import cxcywh_to_xyxy, hungarian_match, set_loss
+from .moqam_transformer import (
+    MLP,
+    DeformableDecoder,
+    DeformableEncoder,
+    box_sine_embedding,
+    encoder_proposals,
+    sine_positional_encoding,
+    valid_ratios,
+)
+
+__all__ = [
+    "MOQAM",
+    "MOQAM_PROFILES",
+    "ChannelMapper",
+    "build_moqam",
+    "box_iou_batched",
+    "resnet_backbone",
+    "soft_nms",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESNETS = {
+    "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1, (64, 128, 256, 512)),
+    "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1, (64, 128, 256, 512)),
+    "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048)),
+    "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1,
+                  (256, 512, 1024, 2048)),
+}
+
+
+def resnet_backbone(name: str = "resnet50", pretrained: bool = False,
+                    trainable_layers: int = 3) -> tuple[nn.Module, list[int]]:
+    """A torchvision ResNet returning ``C2..C5`` as ``{"0": C2, ..., "3": C5}``.
+
+    BatchNorm is frozen (``FrozenBatchNorm2d``); the stem and the first ``4 - trainable_layers``
+    stages are frozen (the release trains ``layer2..layer4``: ``trainable_layers=3``).
+
+    Returns:
+        ``(body, [channels of C2..C5])``.
+    """
+    if name not in _RESNETS:
+        raise ConfigError(
+            f"backbone={name!r} is not supported by build_moqam; use one of {sorted(_RESNETS)}."
+        )
+    if not 0 <= trainable_layers <= 4:
+        raise ConfigError(f"trainable_backbone_layers={trainable_layers} must be in 0..4.")
+    ctor, weights, channels = _RESNETS[name]
+    net = ctor(weights=weights if pretrained else None, norm_layer=FrozenBatchNorm2d)
+    trainable = ["layer4", "layer3", "layer2", "layer1"][:trainable_layers]
+    for pname, param in net.named_parameters():
+        if not any(pname.startswith(layer) for layer in trainable):
+            param.requires_grad_(False)
+    body = IntermediateLayerGetter(
+        net, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+    )
+    return body, list(channels)
+
+
+class ChannelMapper(nn.Module):
+    """Map ``C2..C5`` to ``embed_dim`` channels and add a stride-2 level from ``C5``.
+
+    ``P_l = GN(Conv1x1(C_l))`` for ``l = 2..5`` and ``P_6 = GN(Conv3x3_s2(C5))`` (GroupNorm with
+    32 groups, no activation): strides 4, 8, 16, 32, 64.
+    """
+
+    def __init__(self, *, in_channels: list[int], embed_dim: int = 256, extra_levels: int = 1,
+                 num_groups: int = 32) -> None:
+        super().__init__()
+        if embed_dim % num_groups != 0:
+            raise ConfigError(
+                f"embed_dim={embed_dim} must be divisible by {num_groups} (GroupNorm groups); "
+                "use 64, 128, 256, ..."
+            )
+        self.lateral = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, embed_dim, 1), nn.GroupNorm(num_groups, embed_dim))
+            for c in in_channels
+        )
+        extra, c = [], in_channels[-1]
+        for _ in range(extra_levels):
+            extra.append(nn.Sequential(nn.Conv2d(c, embed_dim, 3, stride=2, padding=1),
+                                       nn.GroupNorm(num_groups, embed_dim)))
+            c = embed_dim
+        self.extra = nn.ModuleList(extra)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        """``features``: ``C2..C5`` ``(B, C_l, H_l, W_l)``. Returns 4 + ``extra_levels`` maps."""
+        outs = [layer(f) for layer, f in zip(self.lateral, features)]
+        x = features[-1]
+        for layer in self.extra:
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+
+def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, *, sigma: float = 0.5,
+             score_threshold: float = 1e-3) -> Tensor:
+    """Gaussian soft-NMS, per class, batched over images.
+
+    Repeatedly take the highest-scoring remaining box ``i`` and decay every other remaining box
+    ``j`` of the same class: ``s_j <- s_j exp(-IoU(i, j)^2 / sigma)``. ``N`` steps of vector
+    operations, no host synchronisation.
+
+    Args:
+        boxes: ``(B, N, 4)`` xyxy; scores: ``(B, N)``; labels: ``(B, N)``.
+
+    Returns:
+        ``(B, N)`` the decayed scores; boxes whose score fell below ``score_threshold`` get 0.
+    """
+    iou = box_iou_batched(boxes)
+    iou = iou * (labels[:, :, None] == labels[:, None, :]).to(iou.dtype)
+    decay_base = torch.exp(-(iou ** 2) / sigma)  # (B, N, N)
+    scores = scores.clone()
+    alive = torch.ones_like(scores, dtype=torch.bool)
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    for _ in range(scores.shape[1]):
+        pick = scores.masked_fill(~alive, -1.0).argmax(dim=1)  # (B,)
+        alive[rows, pick] = False
+        scores = torch.where(alive, scores * decay_base[rows, pick], scores)
+    return scores.masked_fill(scores < score_threshold, 0.0)
+
+
+def box_iou_batched(boxes: Tensor) -> Tensor:
+    """``(B, N, 4)`` xyxy -> ``(B, N, N)`` pairwise IoU (0 where both boxes are empty)."""
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    top_left = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    bottom_right = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area[:, :, None] + area[:, None, :] - inter
+    return inter / union.clamp(min=1e-9)
+
+
+class MOQAM(nn.Module):
+    """MOQAM / Co-DINO detector with torchvision's train/eval contract.
+
+    Parts (keyword arguments): ``backbone`` (returns a dict of ``C2..C5``), ``neck``
+    (:class:`ChannelMapper`), ``transform`` (``GeneralizedRCNNTransform``), ``encoder``,
+    ``decoder`` and ``branches`` (:class:`CollaborativeBranches` or ``None``).
+
+    Args:
+        num_classes: foreground classes ``C`` (public labels ``1..C``).
+        num_queries: ``K`` queries selected from the encoder.
+        dn_number, label_noise_ratio, box_noise_scale: contrastive denoising
+            (:func:`denoising_queries`).
+        num_aux_queries: at most this many customized positive queries per image and branch.
+        loss_weights: ``{"cls", "bbox", "giou"}`` for the query-head losses (1, 5, 2).
+        aux_query_weight: multiplies the customized-query losses (1 in the release).
+        match_costs: ``{"cost_class", "cost_bbox", "cost_giou"}`` (2, 5, 2).
+        qfl_beta: the quality focal loss exponent (2).
+        detections_per_img: at most this many boxes per image (300).
+        soft_nms: apply Gaussian soft-NMS (sigma ``soft_nms_sigma``) to the top
+            ``pre_nms_topk`` (900) before keeping ``detections_per_img``.
+    """
+
+    def __init__(self, *, backbone: nn.Module, neck: ChannelMapper,
+                 transform: GeneralizedRCNNTransform, encoder: DeformableEncoder,
+                 decoder: DeformableDecoder, branches: CollaborativeBranches | None = None,
+                 num_classes: int = 9, num_levels: int = 5, num_queries: int = 900,
+                 dn_number: int = 100, label_noise_ratio: float = 0.5,
+                 box_noise_scale: float = 1.0, num_aux_queries: int = 300,
+                 loss_weights: dict[str, float] | None = None, aux_query_weight: float = 1.0,
+                 match_costs: dict[str, float] | None = None, qfl_beta: float = 2.0,
+                 detections_per_img: int = 300, soft_nms: bool = False,
+                 soft_nms_sigma: float = 0.5, pre_nms_topk: int = 900) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.transform = transform
+        self.encoder = encoder
+        self.decoder = decoder
+        self.branches = branches
+        dim = decoder.embed_dim
+        self.embed_dim = dim
+        self.num_classes = num_classes
+        self.num_levels = num_levels
+        self.num_queries = num_queries
+        self.dn_number = dn_number
+        self.label_noise_ratio = label_noise_ratio
+        self.box_noise_scale = box_noise_scale
+        self.num_aux_queries = num_aux_queries
+        self.loss_weights = {"cls": 1.0, "bbox": 5.0, "giou": 2.0, **(loss_weights or {})}
+        self.aux_query_weight = aux_query_weight
+        self.match_costs = {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0,
+                            **(match_costs or {})}
+        self.qfl_beta = qfl_beta
+        self.detections_per_img = detections_per_img
+        self.soft_nms = soft_nms
+        self.soft_nms_sigma = soft_nms_sigma
+        self.pre_nms_topk = pre_nms_topk
+
+        self.level_embed = nn.Parameter(torch.empty(num_levels, dim).normal_())
+        self.enc_output = nn.Linear(dim, dim)
+        self.enc_output_norm = nn.LayerNorm(dim)
+        self.enc_box_head = MLP(dim, dim, 4, 3)
+        nn.init.zeros_(self.enc_box_head.layers[-1].weight)
+        nn.init.zeros_(self.enc_box_head.layers[-1].bias)
+        num_layers = len(decoder.layers)
+        # class_heads[i] for decoder layer i; class_heads[-1] scores the encoder proposals
+        self.class_heads = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(num_layers + 1))
+        prior_bias = -math.log((1 - 0.01) / 0.01)
+        for head in self.class_heads:
+            nn.init.constant_(head.bias, prior_bias)
+        self.query_embed = nn.Embedding(num_queries, dim)
+        self.label_embed = nn.Embedding(num_classes, dim)
+        if branches is not None:
+            # one more stride-2 level for the collaborative branches, and the content of the
+            # customized queries: LN(Linear(sine embedding of the box))
+            self.aux_downsample = nn.Sequential(nn.Conv2d(dim, dim, 3, stride=2, padding=1),
+                                                nn.GroupNorm(32, dim))
+            self.aux_query_fc = nn.Linear(2 * dim, dim)
+            self.aux_query_norm = nn.LayerNorm(dim)
+
+    # ------------------------------------------------------------------ inputs
+    def _check_inputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None):
+        if self.training and targets is None:
+            raise ConfigError(
+                "MOQAM is in training mode but got no targets: call model(images, targets) to "
+                "train, or model.eval() before model(images) to predict."
+            )
+        for i, image in enumerate(images):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ConfigError(
+                    f"images[{i}] has shape {tuple(image.shape)}; MOQAM expects (3, H, W) float "
+                    "tensors in [0, 1] (convert grey X-rays with image.expand(3, -1, -1))."
+                )
+        if targets is None:
+            return
+        from ..data.dataset import DatasetError
+
+        if len(targets) != len(images):
+            raise DatasetError(f"got {len(images)} images but {len(targets)} targets.")
+        for i, t in enumerate(targets):
+            boxes, labels = t.get("boxes"), t.get("labels")
+            if boxes is None or labels is None:
+                raise DatasetError(f"targets[{i}] needs 'boxes' and 'labels' keys, got {list(t)}.")
+            if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape[0] != boxes.shape[0]:
+                raise DatasetError(
+                    f"targets[{i}]['boxes'] must be (N, 4) xyxy with N labels; got boxes "
+                    f"{tuple(boxes.shape)} and labels {tuple(labels.shape)}."
+                )
+            if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
+                raise DatasetError(
+                    f"targets[{i}]['labels'] must lie in 1..{self.num_classes} (0 is background); "
+                    f"got {labels.tolist()}. Map categories by name (CLASSES.index(name) + 1)."
+                )
+            if boxes.numel() and ((boxes[:, 2:] <= boxes[:, :2]).any()):
+                raise DatasetError(
+                    f"targets[{i}]['boxes'] has boxes with x2 <= x1 or y2 <= y1; drop them or "
+                    "convert [x, y, w, h] to xyxy."
+                )
+
+    # ------------------------------------------------------------------ features
+    def _encode(self, images: Tensor, image_sizes: list[tuple[int, int]]):
+        """Backbone, neck and encoder on the padded batch ``(B, 3, H, W)``."""
+        batch, _, height, width = images.shape
+        mask = torch.ones(batch, height, width, dtype=torch.bool, device=images.device)
+        for b, (h, w) in enumerate(image_sizes):
+            mask[b, :h, :w] = False
+        features = list(self.backbone(images).values())
+        maps = self.neck(features)
+        srcs, poss, masks, shapes, ratios = [], [], [], [], []
+        for level, x in enumerate(maps):
+            m = F.interpolate(mask[None].float(), size=x.shape[-2:])[0].bool()
+            pos = sine_positional_encoding(m, self.embed_dim // 2).to(x.dtype)
+            srcs.append(x.flatten(2).transpose(1, 2))
+            poss.append(pos.flatten(2).transpose(1, 2) + self.level_embed[level].to(x.dtype))
+            masks.append(m.flatten(1))
+            shapes.append(x.shape[-2:])
+            ratios.append(valid_ratios(m))
+        src, pos, flat_mask = torch.cat(srcs, 1), torch.cat(poss, 1), torch.cat(masks, 1)
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=images.device)
+        ratios_t = torch.stack(ratios, dim=1)  # (B, L, 2)
+        memory = self.encoder(src, pos, spatial_shapes, ratios_t, flat_mask)
+        return memory, flat_mask, spatial_shapes, ratios_t
+
+    def _select_queries(self, memory: Tensor, mask: Tensor, spatial_shapes: Tensor):
+        """Two-stage selection. Returns the top-``K`` logits ``(B, K, C)``, their boxes
+        ``(B, K, 4)`` (with gradient, for the encoder loss) and the indices ``(B, K)``."""
+        out, proposals, valid = encoder_proposals(memory, mask, spatial_shapes)
+        out = self.enc_output_norm(self.enc_output(out))
+        logits = self.class_heads[-1](out)
+        coords = self.enc_box_head(out) + proposals
+        scores = logits.max(-1).values.masked_fill(~valid, float("-inf"))
+        k = min(self.num_queries, scores.shape[1])
+        index = scores.topk(k, dim=1).indices
+        top_logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
+        top_boxes = coords.gather(1, index[..., None].expand(-1, -1, 4)).sigmoid()
+        return top_logits, top_boxes, index
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        """Train: ``model(images, targets) -> dict of weighted losses`` (sum them).
+        Eval: ``model(images) -> [{"boxes" (N, 4) xyxy original pixels, "labels" (N,) in
+        1..C, "scores" (N,)}]`` with ``N <= detections_per_img``."""
+        self._check_inputs(images, targets)
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, targets = self.transform(images, targets)
+        sizes = [tuple(s) for s in image_list.image_sizes]
+        memory, mask, shapes, ratios = self._encode(image_list.tensors, sizes)
+        enc_logits, enc_boxes, _ = self._select_queries(memory, mask, shapes)
+        batch, k = enc_boxes.shape[:2]
+        content = self.query_embed.weight[:k][None].expand(batch, -1, -1)
+        reference = enc_boxes.detach()
+
+        if not self.training:
+            hidden, boxes = self.decoder(content, reference, memory, shapes, ratios, mask)
+            logits = self.class_heads[len(hidden) - 1](hidden[-1])
+            detections = self._postprocess(logits, boxes[-1], sizes)
+            return self.transform.postprocess(detections, sizes, original_sizes)
+
+        gt_labels, gt_boxes = self._normalised_targets(targets, sizes)
+        dn = None
+        if self.dn_number > 0:
+            dn = denoising_queries(
+                gt_labels, gt_boxes, label_embedding=self.label_embed,
+                num_classes=self.num_classes, dn_number=self.dn_number,
+                label_noise_ratio=self.label_noise_ratio, box_noise_scale=self.box_noise_scale,
+            )
+        attn_mask = None
+        if dn is not None:
+            content = torch.cat([dn.content.to(content.dtype), content], dim=1)
+            reference = torch.cat([dn.reference.to(reference.dtype), reference], dim=1)
+            attn_mask = denoising_attention_mask(dn.num_groups, dn.group_size, k,
+                                                 device=memory.device)
+        hidden, boxes = self.decoder(content, reference, memory, shapes, ratios, mask, attn_mask)
+
+        losses: dict[str, Tensor] = {}
+        num_gt = float(sum(len(l) for l in gt_labels))
+        self._add_matched_losses(losses, "enc", enc_logits, enc_boxes, gt_labels, gt_boxes, num_gt)
+        n_dn = dn.num_queries if dn is not None else 0
+        for i, (h, b) in enumerate(zip(hidden, boxes)):
+            logits = self.class_heads[i](h)
+            self._add_matched_losses(losses, f"d{i}", logits[:, n_dn:], b[:, n_dn:],
+                                     gt_labels, gt_boxes, num_gt)
+            if dn is not None:
+                num_pos = float(sum(len(q) for q, _ in dn.matches))
+                terms = set_loss(logits[:, :n_dn], b[:, :n_dn], gt_labels, gt_boxes, dn.matches,
+                                 num_positives=num_pos, valid=dn.valid, beta=self.qfl_beta)
+                self._store(losses, f"dn_d{i}", terms)
+        if self.branches is not None:
+            losses.update(self._collaborative_losses(memory, shapes, ratios, mask, image_list,
+                                                     targets, sizes))
+        return losses
+
+    # ------------------------------------------------------------------ losses
+    def _normalised_targets(self, targets, sizes):
+        """Targets (after the transform) as class indices ``0..C-1`` and normalised cxcywh."""
+        labels, boxes = [], []
+        for t, (h, w) in zip(targets, sizes):
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=t["boxes"].device)
+            labels.append(t["labels"].to(torch.int64) - 1)
+            boxes.append(box_convert(t["boxes"].float(), "xyxy", "cxcywh") / scale)
+        return labels, boxes
+
+    def _store(self, losses, tag, terms, weight: float = 1.0):
+        for name, value in terms.items():
+            losses[f"loss_{name}_{tag}"] = value * (self.loss_weights[name] * weight)
+
+    def _add_matched_losses(self, losses, tag, logits, boxes, gt_labels, gt_boxes, num_gt):
+        matches = [hungarian_match(logits[b].detach(), boxes[b].detach(), gt_labels[b],
+                                   gt_boxes[b], **self.match_costs)
+                   for b in range(logits.shape[0])]
+        terms = set_loss(logits, boxes, gt_labels, gt_boxes, matches, num_positives=num_gt,
+                         beta=self.qfl_beta)
+        self._store(losses, tag, terms)
+
+    def _collaborative_losses(self, memory, shapes, ratios, mask, image_list, targets, sizes):
+        """Run the branches on the memory maps and the decoder on their positive samples."""
+        batch, _, dim = memory.shape
+        maps, start = [], 0
+        for h, w in shapes.tolist():
+            maps.append(memory[:, start:start + h * w].transpose(1, 2).reshape(batch, dim, h, w))
+            start += h * w
+        maps.append(self.aux_downsample(maps[-1]))
+        losses, samples = self.branches(maps, image_list, targets)
+        groups = [self._aux_group(index, s, sizes) for index, s in enumerate(samples)]
+        active = [g for g in groups if g is not None]
+        zero = memory.sum() * 0.0  # a group without positives keeps its keys (graph-connected)
+        for g_index, g in enumerate(groups):
+            if g is None:
+                for i in range(len(self.decoder.layers)):
+                    self._store(losses, f"aux{g_index}_d{i}",
+                                {"cls": zero, "bbox": zero, "giou": zero})
+        if not active:
+            return losses
+        content = torch.cat([g["content"] for g in active], dim=1)
+        reference = torch.cat([g["reference"] for g in active], dim=1)
+        sizes_g = [g["content"].shape[1] for g in active]
+        attn_mask = group_attention_mask(sizes_g, device=memory.device)
+        hidden, boxes = self.decoder(content.to(memory.dtype), reference.to(memory.dtype),
+                                     memory, shapes, ratios, mask, attn_mask)
+        for i, (h, b) in enumerate(zip(hidden, boxes)):
+            logits = self.class_heads[i](h)
+            start = 0
+            for g, n in zip(active, sizes_g):
+                terms = set_loss(logits[:, start:start + n], b[:, start:start + n],
+                                 g["gt_labels"], g["gt_boxes"], g["matches"],
+                                 num_positives=g["num_positives"], valid=g["valid"],
+                                 beta=self.qfl_beta)
+                self._store(losses, f"aux{g['index']}_d{i}", terms, self.aux_query_weight)
+                start += n
+        return losses
+
+    def _aux_group(self, index: int, samples: list[AuxSamples], sizes
+                   ) -> dict[str, Any] | None:
+        """Customized positive queries of one branch (``aux{index}``): up to
+        ``num_aux_queries`` positives per image (a random subset), padded to the batch's largest
+        count with the branch's negatives (random; background targets), then with empty slots
+        (left out of every loss). Reference box = the sample's box; content =
+        ``LN(Linear(box_sine_embedding(box)))``; targets = the GT each positive was assigned."""
+        picked = []
+        for s in samples:
+            pos = torch.nonzero(s.labels >= 0).flatten()
+            neg = torch.nonzero(s.labels < 0).flatten()
+            if pos.numel() > self.num_aux_queries:
+                pos = pos[torch.randperm(pos.numel(), device=pos.device)[:self.num_aux_queries]]
+            picked.append((pos, neg))
+        n = min(self.num_aux_queries, max((p.numel() for p, _ in picked), default=0))
+        if n == 0:
+            return None
+        dim = self.embed_dim
+        device = samples[0].boxes.device
+        batch = len(samples)
+        reference = torch.full((batch, n, 4), 0.5, device=device)
+        valid = torch.zeros(batch, n, dtype=torch.bool, device=device)
+        gt_labels, gt_boxes, matches = [], [], []
+        num_pos = 0
+        for b, (s, (pos, neg)) in enumerate(zip(samples, picked)):
+            neg = neg[torch.randperm(neg.numel(), device=device)[:n - pos.numel()]]
+            order = torch.cat([pos, neg])
+            h, w = sizes[b]
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+            boxes = box_convert(s.boxes[order].float(), "xyxy", "cxcywh") / scale
+            reference[b, :order.numel()] = boxes.clamp(1e-4, 1 - 1e-4)
+            valid[b, :order.numel()] = True
+            gt_labels.append(s.labels[pos].to(torch.int64))
+            gt_boxes.append(box_convert(s.gt_boxes[pos].float(), "xyxy", "cxcywh") / scale)
+            ar = torch.arange(pos.numel(), device=device)
+            matches.append((ar, ar))
+            num_pos += pos.numel()
+        reference = reference.detach()
+        content = self.aux_query_norm(self.aux_query_fc(box_sine_embedding(reference, dim // 2)))
+        content = content * valid[..., None].to(content.dtype)
+        return {"index": index, "content": content, "reference": reference, "valid": valid,
+                "gt_labels": gt_labels, "gt_boxes": gt_boxes, "matches": matches,
+                "num_positives": float(num_pos)}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def _postprocess(self, logits: Tensor, boxes: Tensor, sizes) -> list[dict[str, Tensor]]:
+        """Top (query, class) pairs -> per-image detections in resized-image pixels."""
+        batch, queries, classes = logits.shape
+        prob = logits.float().sigmoid().flatten(1)  # (B, Q*C)
+        keep = self.pre_nms_topk if self.soft_nms else self.detections_per_img
+        k = min(keep, prob.shape[1])
+        scores, index = prob.topk(k, dim=1)
+        query = torch.div(index, classes, rounding_mode="floor")
+        labels = index % classes + 1
+        scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=torch.float32,
+                             device=boxes.device)[:, None]
+        xyxy = cxcywh_to_xyxy(boxes.float().gather(1, query[..., None].expand(-1, -1, 4))) * scale
+        xyxy = torch.minimum(xyxy.clamp(min=0), scale)
+        if self.soft_nms:
+            scores = soft_nms(xyxy, scores, labels, sigma=self.soft_nms_sigma)
+            scores, order = scores.topk(min(self.detections_per_img, k), dim=1)
+            xyxy = xyxy.gather(1, order[..., None].expand(-1, -1, 4))
+            labels = labels.gather(1, order)
+        out = []
+        for b in range(batch):
+            keep_b = scores[b] > 0
+            out.append({"boxes": xyxy[b][keep_b], "labels": labels[b][keep_b],
+                        "scores": scores[b][keep_b]})
+        return out
+
+
+# ---------------------------------------------------------------------- profiles and builder
+#: Build kwargs for ``build_moqam(**MOQAM_PROFILES[name])``.
+#: ``tiny``: CPU minutes (resnet18, 128-d, 2 + 2 layers, 100 queries, short side 256).
+#: ``colab``: a 16 GB T4 with AMP (resnet50, the released head sizes, short side 640, max 1066,
+#: 300 queries; memory estimated by counting the bytes autograd saves in one training step,
+#: see ``benchmarks/bench_moqam.py --memory``).
+#: ``full``: the release (resnet50, 900 queries, 6 + 6 layers, 800 x 1333).
+MOQAM_PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": dict(backbone="resnet18", embed_dim=128, num_heads=4, num_points=4, ffn_dim=512,
+                 num_encoder_layers=2, num_decoder_layers=2, num_queries=100, dn_number=30,
+                 num_aux_queries=100, min_size=256, max_size=448),
+    "colab": dict(backbone="resnet50", embed_dim=256, num_heads=8, num_points=4, ffn_dim=1024,
+                  num_encoder_layers=6, num_decoder_layers=6, num_queries=300, dn_number=100,
+                  num_aux_queries=100, min_size=640, max_size=1066),
+    "full": dict(backbone="resnet50"),
+}
+
+_DEFAULTS: dict[str, Any] = dict(
+    embed_dim=256, num_queries=900, num_encoder_layers=6, num_decoder_layers=6, num_heads=8,
+    num_points=4, ffn_dim=2048, dn_number=100, label_noise_ratio=0.5, box_noise_scale=1.0,
+    min_size=800, max_size=1333, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+    size_divisible=32, trainable_backbone_layers=3,
+    aux_branches=("rpn", "roi", "atss"), num_aux_queries=300, aux_query_weight=1.0,
+    loss_weights=None, match_costs=None, qfl_beta=2.0, branch_options=None,
+    detections_per_img=300, soft_nms=False, soft_nms_sigma=0.5, pre_nms_topk=900,
+)
+
+
+def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
+                pretrained_backbone: bool = False, **overrides: Any) -> MOQAM:
+    """Build MOQAM with the released sizes, any of them overridden by keyword.
+
+    Keywords (defaults = the release): ``embed_dim`` 256, ``num_queries`` 900,
+    ``num_encoder_layers`` 6, ``num_decoder_layers`` 6, ``num_heads`` 8, ``num_points`` 4,
+    ``ffn_dim`` 2048, ``dn_number`` 100, ``label_noise_ratio`` 0.5, ``box_noise_scale`` 1.0,
+    ``min_size`` 800 (int or tuple for multi-scale training), ``max_size`` 1333,
+    ``aux_branches`` ``("rpn", "roi", "atss")`` (any subset; ``()`` trains the query head
+    alone), ``num_aux_queries`` 300, ``aux_query_weight`` 1, ``loss_weights``
+    ``{"cls": 1, "bbox": 5, "giou": 2}``, ``match_costs``, ``qfl_beta`` 2, ``branch_options``
+    (a dict for :func:`build_collaborative_branches`: loss weights, DI-RPN settings, ...),
+    ``detections_per_img`` 300, ``soft_nms`` False, ``soft_nms_sigma`` 0.5,
+    ``pre_nms_topk`` 900, ``trainable_backbone_layers`` 3.
+
+    Example::
+
+        model = build_moqam(**MOQAM_PROFILES["tiny"])
+    """
+    unknown = sorted(set(overrides) - set(_DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"build_moqam got unknown option(s) {unknown}; valid options are "
+            f"{sorted(_DEFAULTS)} plus num_classes, backbone, pretrained_backbone."
+        )
+    cfg = {**_DEFAULTS, **overrides}
+    dim, heads = cfg["embed_dim"], cfg["num_heads"]
+    if dim % heads != 0 or (dim // 2) % 2 != 0:
+        raise ConfigError(
+            f"embed_dim={dim} must be divisible by num_heads={heads} and by 4 "
+            "(sine embeddings); e.g. embed_dim=128 with num_heads=4."
+        )
+    if cfg["num_queries"] < 1 or num_classes < 1:
+        raise ConfigError("num_queries and num_classes must be positive.")
+    unknown_branches = sorted(set(cfg["aux_branches"]) - {"rpn", "roi", "atss"})
+    if unknown_branches:
+        raise ConfigError(
+            f"aux_branches has unknown entries {unknown_branches}; use a subset of "
+            "('rpn', 'roi', 'atss')."
+        )
+    body, channels = resnet_backbone(backbone, pretrained_backbone,
+                                     cfg["trainable_backbone_layers"])
+    num_levels = 5
+    sizes = dict(embed_dim=dim, num_heads=heads, num_levels=num_levels,
+                 num_points=cfg["num_points"], ffn_dim=cfg["ffn_dim"])
+    min_size = cfg["min_size"]
+    transform = GeneralizedRCNNTransform(
+        min_size=min_size if isinstance(min_size, int) else tuple(min_size),
+        max_size=cfg["max_size"], image_mean=list(cfg["image_mean"]),
+        image_std=list(cfg["image_std"]), size_divisible=cfg["size_divisible"],
+    )
+    branches = None
+    if cfg["aux_branches"]:
+        branches = build_collaborative_branches(
+            tuple(cfg["aux_branches"]), num_classes=num_classes, embed_dim=dim,
+            **(cfg["branch_options"] or {}),
+        )
+    return MOQAM(
+        backbone=body,
+        neck=ChannelMapper(in_channels=channels, embed_dim=dim),
+        transform=transform,
+        encoder=DeformableEncoder(num_layers=cfg["num_encoder_layers"], **sizes),
+        decoder=DeformableDecoder(num_layers=cfg["num_decoder_layers"], **sizes),
+        branches=branches,
+        num_classes=num_classes,
+        num_levels=num_levels,
+        num_queries=cfg["num_queries"],
+        dn_number=cfg["dn_number"],
+        label_noise_ratio=cfg["label_noise_ratio"],
+        box_noise_scale=cfg["box_noise_scale"],
+        num_aux_queries=cfg["num_aux_queries"],
+        loss_weights=cfg["loss_weights"],
+        aux_query_weight=cfg["aux_query_weight"],
+        match_costs=cfg["match_costs"],
+        qfl_beta=cfg["qfl_beta"],
+        detections_per_img=cfg["detections_per_img"],
+        soft_nms=cfg["soft_nms"],
+        soft_nms_sigma=cfg["soft_nms_sigma"],
+        pre_nms_topk=cfg["pre_nms_topk"],
+    )
