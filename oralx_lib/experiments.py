@@ -26,14 +26,14 @@ from . import paths
 #: What the book's fast profile changes in the engine's ``tiny`` profile: long enough that the
 #: detectors find the frequent, large classes on the synthetic set, short enough for a CPU.
 BOOK_FAST: dict[str, Any] = {
-    "epochs": 6,
-    "max_iters_per_epoch": 40,
+    "epochs": 4,
+    "max_iters_per_epoch": 30,
     "lr": 1e-3,
     "backbone_lr_mult": 1.0,
     "clip_grad_norm": 10.0,
-    "lr_milestones": [5],
-    "warmup_iters": 20,
-    "val_subset": 24,
+    "lr_milestones": [3],
+    "warmup_iters": 10,
+    "val_subset": 16,
 }
 
 
