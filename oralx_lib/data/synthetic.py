@@ -44,11 +44,13 @@ Porcelain Crown        a bright cap over a crown (also on implants); box = the c
 Ceramic Bridge         bright caps over 3-4 teeth joined over pontics without roots; box = caps
 =====================  ==========================================================================
 
-Frequencies follow a long tail like the real set (per image on average, measured on 300 images:
-about 1.7 fillings, 1.3 decay, 1.1 wisdom teeth, 1.0 missing teeth, 0.7 root canal fillings,
-0.45 porcelain crowns, 0.4 apical lesions, 0.1 implants, 0.07 bridges: ~6.8 boxes per image).
-A per-image "dental condition" ``c ~ Gamma(3, 1/3)`` scales the disease and treatment rates, so
-some mouths are clean and some heavily restored.
+Frequencies follow a long tail like the real set (per image on average, measured on 300 images
+at 512 x 290: 1.78 fillings, 1.21 decay, 1.07 wisdom teeth, 1.06 missing teeth, 0.71 root canal
+fillings, 0.44 porcelain crowns, 0.36 apical lesions, 0.11 implants, 0.057 bridges: 6.8 boxes
+per image, 1 % of images without any; head/tail 31). Sizes span small lesions to bridges: the
+5th and 95th percentiles of ``sqrt(w h)`` are 6 and 73 px at 1024 x 580 (12x). A per-image
+"dental condition" ``c ~ Gamma(3, 1/3)`` scales the disease and treatment rates, so some mouths
+are clean and some heavily restored.
 
 Determinism and independence
 ----------------------------
@@ -62,10 +64,10 @@ Defaults (:data:`DEFAULTS`)
 ---------------------------
 ``1024 x 580`` keeps the real images' aspect ratio (about 1991 x 1127, 1.77:1) at a size where a
 tooth is 25-50 px wide, small lesions are 8-15 px, and a tiny detector trains on a CPU.
-``train=160, val=40, test=40`` (240 images) generates in about 30 s on one core (the benchmark
-``benchmarks/bench_synthetic.py`` measures ~8 images/s at this size), which is "well under a
-minute" for the book build and CI, yet holds ~1,100 training boxes, enough for every chapter's
-tiny model to learn all nine signatures. ``seed=0``.
+``train=160, val=40, test=40`` (240 images) generates in about 20 s on one free core
+(``benchmarks/bench_synthetic.py``: ~13 images/s rendered and written at this size, ~4.4 at
+1991 x 1127), "well under a minute" for the book build and CI, yet it holds ~1,100 training
+boxes, enough for each chapter's tiny model to see every signature. ``seed=0``.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ _UPPER = (
     _Template("canine", 0.032, 0.086, 0.165, ((0.0, 0.92, 0.03, 1.0),)),
     _Template("premolar", 0.030, 0.072, 0.125, ((-0.3, 0.55, 0.0, 1.0), (0.3, 0.55, 0.03, 0.96)), 0.45),
     _Template("premolar", 0.029, 0.068, 0.125, ((0.0, 0.88, 0.05, 1.0),)),
-    _Template("molar", 0.046, 0.063, 0.110, ((-0.58, 0.42, -0.06, 0.95), (0.58, 0.42, 0.08, 1.0), (0.0, 0.38, 0.0, 0.88)), 0.3),
+    _Template("molar", 0.046, 0.063, 0.110,
+              ((-0.58, 0.42, -0.06, 0.95), (0.58, 0.42, 0.08, 1.0), (0.0, 0.38, 0.0, 0.88)), 0.3),
     _Template("molar", 0.043, 0.061, 0.105, ((-0.5, 0.45, 0.0, 0.95), (0.52, 0.45, 0.1, 1.0)), 0.3),
     _Template("molar", 0.040, 0.058, 0.085, ((-0.32, 0.55, 0.05, 0.9), (0.36, 0.5, 0.12, 1.0)), 0.4),
 )
@@ -367,18 +370,18 @@ def _sample_scene(rng: np.random.Generator) -> _Scene:
             s.apical = dict(root=int(rng.integers(0, len(s.tpl.roots))),
                             r=math.exp(rng.uniform(math.log(0.14), math.log(0.45))),
                             blob=_blob(rng, 0.0, 0.0, 1.0, 1.0, 0.3), rim=bool(rng.random() < 0.5))
-    # neighbours of a gap lean into it
+    # neighbours of a gap lean into it. A larger angle tips a lower crown towards +x and an
+    # upper crown towards -x (see _make_frame), hence the arch sign.
     for s in sc.slots:
-        if s.state in ("missing",) and s.pos < 8:
-            for dp in (-1, 1):
-                p = s.pos + dp
-                if 1 <= p <= 7:
-                    nb = find(s.arch, s.side, p)
-                    if nb.state == "natural":
-                        # crown tips towards the gap: for the distal neighbour (dp = +1) mesially
-                        toward = -dp * s.side  # image-x direction of the gap seen from nb
-                        sgn = 1.0 if s.arch == "lower" else -1.0
-                        nb.angle += -sgn * toward * rng.uniform(0.0, 0.12)
+        if s.state != "missing":
+            continue
+        for dp in (-1, 1):
+            if 1 <= s.pos + dp <= 7:
+                nb = find(s.arch, s.side, s.pos + dp)
+                if nb.state == "natural":
+                    toward = -dp * s.side  # image-x direction of the gap seen from the neighbour
+                    sgn = 1.0 if s.arch == "lower" else -1.0
+                    nb.angle += sgn * toward * rng.uniform(0.0, 0.12)
 
     an = sc.anatomy
     an["ment"] = rng.uniform(0.92, 0.975)
@@ -646,10 +649,11 @@ def _anatomy(sc: _Scene, rng: np.random.Generator, W: int, H: int) -> tuple[np.n
         u = np.linspace(0.0, 1.0, 28)
         border = [(sc.cx + side * an["ang_x"] * v, an["ment"] - (an["ment"] - gy) * v ** 1.7) for v in u]
         angle = [(gx + side * 0.008, gy - 0.03), (gx + side * 0.012, gy - 0.07)]
-        post = [(gx + side * (0.012 + 0.03 * v), gy - 0.07 - (gy - 0.07 - cy - 0.07) * v) for v in np.linspace(0, 1, 8)]
+        post = [(gx + side * (0.012 + 0.03 * v), gy - 0.07 - (gy - 0.07 - cy - 0.07) * v)
+                for v in np.linspace(0, 1, 8)]
         th = np.linspace(-0.2 * np.pi, 1.15 * np.pi, 14)  # condylar head, an ellipse
         condyle = [(gx + side * (0.026 + 0.02 * np.cos(t)), cy + 0.025 - 0.035 * np.sin(t)) for t in th]
-        notch = [(gx + side * 0.0, cy + 0.08), (gx - side * 0.3 * rw, cy + 0.13), (gx - side * 0.7 * rw, cy + 0.11)]
+        notch = [(gx, cy + 0.08), (gx - side * 0.3 * rw, cy + 0.13), (gx - side * 0.7 * rw, cy + 0.11)]
         coronoid = [(gx - side * (rw - 0.005), cy + 0.08), (gx - side * (rw + 0.008), cy + 0.1),
                     (gx - side * (rw + 0.015), cy + 0.14)]
         cr_y = float(_crest(sc, "lower", np.array([join_x[side]]))[0])
@@ -668,7 +672,8 @@ def _anatomy(sc: _Scene, rng: np.random.Generator, W: int, H: int) -> tuple[np.n
     canal_lines = []
     for side in (-1, 1):
         gx = sc.cx + side * an["ang_x"]
-        apex = max(s.y + s.hc + s.hr for s in sc.slots if s.arch == "lower" and s.side == side and s.pos in (5, 6, 7))
+        apex = max(s.y + s.hc + s.hr for s in sc.slots
+                   if s.arch == "lower" and s.side == side and s.pos in (5, 6, 7))
         yb = apex + an["canal_y"]
         canal_lines.append([(gx - side * 0.03, 0.52), (gx - side * 0.07, yb - 0.005),
                             (sc.cx + side * 0.2, yb + 0.01), (sc.cx + side * 0.12, yb - 0.015)])
@@ -782,8 +787,8 @@ def _draw_teeth(sc: _Scene, A: np.ndarray, W: int, H: int, bone: np.ndarray) -> 
             tip *= tip
             rad = r0 * (1.0 - 0.2 * tau_c) * np.sqrt(1.0 - tip * tip) - 0.3 * r0 * np.abs(2.0 * phase - 1.0)
             screw = _soft(np.where(tau >= 0, np.minimum(rad - np.abs(fr.s), (1 - tau) * L), -1e3))
-            abut = _soft(np.minimum(np.minimum(0.62 * r0 * (1 + 0.3 * np.clip((fr.t - 0.5 * hc) / (0.5 * hc), 0, 1)) - np.abs(fr.s),
-                                               fr.t - 0.5 * hc), hc + 2 - fr.t))
+            flare = 0.62 * r0 * (1.0 + 0.3 * np.clip((fr.t - 0.5 * hc) / (0.5 * hc), 0.0, 1.0))
+            abut = _soft(np.minimum(np.minimum(flare - np.abs(fr.s), fr.t - 0.5 * hc), hc + 2 - fr.t))
             body = np.maximum(screw, abut)
             patch += 2.6 * body
             add("Implant", fr.box(body))
@@ -1015,7 +1020,10 @@ def generate_dataset(out: str | os.PathLike, *, train: int, val: int, test: int,
     from .dataset import DatasetError
 
     params = _params(train, val, test, seed, width, height)
+    width, height = params["width"], params["height"]
     root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root}: the output path is a file, not a folder; choose another --out.")
     foreign = _is_foreign(root)
     if foreign is not None:
         raise DatasetError(
@@ -1050,10 +1058,10 @@ def generate_dataset(out: str | os.PathLike, *, train: int, val: int, test: int,
                 continue
             images, annotations = [], []
             for i in range(n):
-                img, anns = render_panoramic(image_rng(params["seed"], split, i), params["width"], params["height"])
+                img, anns = render_panoramic(image_rng(params["seed"], split, i), width, height)
                 name = f"{i + 1:06d}.jpg"
                 _write_atomic(img_dir / name, _encode_jpeg(img))
-                images.append({"id": i + 1, "file_name": name, "width": params["width"], "height": params["height"]})
+                images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
                 for a in anns:
                     x, y, w, h = (round(float(v), 2) for v in a["bbox"])
                     annotations.append({
@@ -1064,7 +1072,8 @@ def generate_dataset(out: str | os.PathLike, *, train: int, val: int, test: int,
             coco = {
                 "info": {"description": DESCRIPTION, "version": str(GENERATOR_VERSION), "year": 2025,
                          "contributor": "oralx_lib", "url": "", "date_created": ""},
-                "licenses": [{"id": 1, "name": "CC0 1.0 (synthetic data)", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
+                "licenses": [{"id": 1, "name": "CC0 1.0 (synthetic data)",
+                              "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
                 "images": images,
                 "annotations": annotations,
                 "categories": categories,
@@ -1104,7 +1113,8 @@ def ensure_synthetic(root: str | os.PathLike | None = None, **kwargs: Any) -> Pa
     progress = kwargs.pop("progress", True)
     unknown = sorted(set(kwargs) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"ensure_synthetic(): unknown parameter(s) {unknown}; use {sorted(DEFAULTS)} or progress.")
+        raise ConfigError(f"ensure_synthetic(): unknown parameter(s) {unknown}; "
+                          f"use {sorted(DEFAULTS)} or progress.")
     params = _params(**{**DEFAULTS, **kwargs})
     root = Path(root) if root is not None else default_data_root()
     if _marker_params(root) == params:
@@ -1123,10 +1133,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="dataset root to write (default: $ORALX_DATA or the embedded data/synthetic)")
     for name in ("train", "val", "test"):
-        p.add_argument(f"--{name}", type=int, default=DEFAULTS[name], help=f"images in {name} (default {DEFAULTS[name]})")
+        p.add_argument(f"--{name}", type=int, default=DEFAULTS[name],
+                       help=f"images in {name} (default {DEFAULTS[name]})")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help=f"random seed (default {DEFAULTS['seed']})")
-    p.add_argument("--width", type=int, default=DEFAULTS["width"], help=f"image width (default {DEFAULTS['width']})")
-    p.add_argument("--height", type=int, default=DEFAULTS["height"], help=f"image height (default {DEFAULTS['height']})")
+    p.add_argument("--width", type=int, default=DEFAULTS["width"],
+                   help=f"image width (default {DEFAULTS['width']})")
+    p.add_argument("--height", type=int, default=DEFAULTS["height"],
+                   help=f"image height (default {DEFAULTS['height']})")
     p.add_argument("--if-needed", action="store_true",
                    help="only generate when the folder lacks this exact set (what `make` uses)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
