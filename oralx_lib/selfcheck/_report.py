@@ -2,4 +2,4 @@
 
 
 def report(name: str, n: int) -> None:
-    print(f"correct: {name} agrees with oralx_lib on {n} cases")
+    print(f"correct: {name} passed {n} checks against the reference implementation")
