@@ -89,7 +89,19 @@ def resnet_backbone(name: str = "resnet50", pretrained: bool = False,
     if not 0 <= trainable_layers <= 4:
         raise ConfigError(f"trainable_backbone_layers={trainable_layers} must be in 0..4.")
     ctor, weights, channels = _RESNETS[name]
-    net = ctor(weights=weights if pretrained else None, norm_layer=FrozenBatchNorm2d)
+    try:
+        net = ctor(weights=weights if pretrained else None, norm_layer=FrozenBatchNorm2d)
+    except (OSError, RuntimeError) as err:
+        if not pretrained:
+            raise
+        from .factory import PretrainedWeightsError
+
+        raise PretrainedWeightsError(
+            f"pretrained_backbone=True: torchvision's ImageNet weights for {name!r} could not be "
+            f"loaded ({type(err).__name__}: {err}). They are downloaded on first use (internet "
+            "needed) into ~/.cache/torch/hub/checkpoints: connect and retry, copy the file there, "
+            "or build with pretrained_backbone=False."
+        ) from err
     trainable = ["layer4", "layer3", "layer2", "layer1"][:trainable_layers]
     for pname, param in net.named_parameters():
         if not any(pname.startswith(layer) for layer in trainable):
