@@ -202,7 +202,7 @@ def restore_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     npst = state["numpy"]
-    np.random.set_state((npst["key"], npst["state"].numpy().astype(np.uint32), npst["pos"],
+    np.random.set_state((npst["key"], npst["state"].cpu().numpy().astype(np.uint32), npst["pos"],
                          npst["has_gauss"], npst["cached"]))
     torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
     cuda = state.get("cuda") or []

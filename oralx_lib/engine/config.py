@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from oralx_lib.data.transforms import PRESETS as TRAIN_PRESETS
-from oralx_lib.paths import ConfigError
+from oralx_lib.paths import ConfigError, runs_root
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -245,7 +245,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval_batch_size": 2,
         "eval_max_dets": 100,
         "log_every": 1,
-        "out_dir": "runs/tiny",
     },
     "full": {
         "backbone": "resnet50",
@@ -273,7 +272,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval_batch_size": 2,
         "eval_max_dets": 100,
         "log_every": 20,
-        "out_dir": "runs/full",
     },
 }
 PROFILES["colab"] = {
@@ -283,7 +281,6 @@ PROFILES["colab"] = {
     "model_overrides": {"min_size": list(range(480, 641, 32)), "max_size": 1066},
     "workers": 2,
     "checkpoint_every": 500,
-    "out_dir": "runs/colab",
 }
 #: ``ORALX_PROFILE`` spells the CPU profile ``fast``.
 PROFILE_ALIASES = {"fast": "tiny"}
@@ -324,7 +321,8 @@ def make_config(profile: str = "tiny", **overrides) -> TrainConfig:
     """The config of a named profile with some fields overridden.
 
     Precedence: the profile, then what it adds for the chosen model (:func:`model_profile`),
-    then ``overrides``. ``model_overrides`` is merged key by key (a key set to ``None`` removes
+    then ``overrides``. ``out_dir`` defaults to ``runs_root() / profile`` (``$ORALX_RUNS``, e.g.
+    a mounted Google Drive, else ``<repo>/runs``). ``model_overrides`` is merged key by key (a key set to ``None`` removes
     it); every other field replaces the profile's value. Unknown field names raise
     :class:`ConfigError` listing the valid ones.
     """
@@ -338,6 +336,7 @@ def make_config(profile: str = "tiny", **overrides) -> TrainConfig:
     overrides = copy.deepcopy(overrides)
     data = copy.deepcopy(PROFILES[name])
     data["profile"] = name
+    data["out_dir"] = str(runs_root() / name)
     model = overrides.get("model", data.get("model", TrainConfig.model))
     extra = model_profile(name, model)
     if "backbone" in extra:

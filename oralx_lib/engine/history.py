@@ -3,7 +3,7 @@
 Two kinds of records are written (``"kind"`` field):
 
 - ``"train"``, every ``log_every`` steps: ``epoch`` (1-based), ``iter`` (1-based within the
-  epoch), ``step`` (optimizer steps so far), ``lr``, ``loss`` (the summed loss of that step,
+  epoch), ``step`` (optimizer steps so far), ``lr`` (the one that step used), ``loss`` (the summed loss of that step,
   averaged over processes) and ``losses`` (each named term);
 - ``"epoch"``, at the end of each epoch: ``epoch``, ``step``, ``train_loss`` (mean over the
   epoch), ``lr``, ``time_s`` and, when evaluated, ``val_AP``, ``val_AP50``, ... and
@@ -85,6 +85,7 @@ def plot_history(history_or_jsonl_path, *, out: str | os.PathLike | None = None,
     epoch records exist), (2) the learning rate, (3) ``val_AP`` / ``val_AP50`` per epoch.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     records = _records(history_or_jsonl_path)
     steps = [r for r in records if r.get("kind") == "train"]
@@ -125,6 +126,7 @@ def plot_history(history_or_jsonl_path, *, out: str | os.PathLike | None = None,
         ax_ap.text(0.5, 0.5, "no evaluation yet", ha="center", va="center",
                    transform=ax_ap.transAxes, color="gray")
     ax_ap.set(xlabel="epoch", ylabel="AP", title="validation")
+    ax_ap.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes:
         ax.grid(alpha=0.3)
     if title:

@@ -81,12 +81,12 @@ def resolve_data_root(config: TrainConfig, ctx: DistContext | None = None) -> Pa
     if config.data_root is not None:
         return Path(config.data_root).expanduser()
     root = default_data_root()
-    if os.environ.get("ORALX_DATA") or (root / "annotations").is_dir():
+    if os.environ.get("ORALX_DATA"):
         return root
     if ctx is None or ctx.is_main:
         from oralx_lib.data import ensure_synthetic
 
-        ensure_synthetic(root)
+        ensure_synthetic(root)  # a no-op when the set is there and up to date
     if ctx is not None:
         barrier(ctx)
     return root
@@ -440,6 +440,7 @@ class _Run:
         self.model.train()
         try:
             for images, targets in self.loader(epoch, self.iteration):
+                lr = self.optimizer.param_groups[0]["lr"]  # the lr this step uses
                 tic = time.perf_counter()
                 loss, terms = self.train_step(images, targets)
                 seconds = time.perf_counter() - tic
@@ -450,7 +451,7 @@ class _Run:
                 self.totals["time_s"] += seconds
                 for name, value in terms.items():
                     self.totals["terms"][name] = self.totals["terms"].get(name, 0.0) + value
-                lr = self.optimizer.param_groups[0]["lr"]
+                self.totals["lr"] = lr
                 if self.step % cfg.log_every == 0 or self.iteration == self.steps_per_epoch:
                     self.log.append({"kind": "train", "epoch": epoch + 1,
                                      "iter": self.iteration, "step": self.step, "lr": lr,
@@ -472,7 +473,7 @@ class _Run:
             "kind": "epoch", "epoch": epoch + 1, "step": self.step,
             "train_loss": self.totals["loss"] / count,
             "train_losses": {k: v / count for k, v in self.totals["terms"].items()},
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.totals.get("lr", self.optimizer.param_groups[0]["lr"]),
             "time_s": round(self.totals["time_s"], 2),
         }
         due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
@@ -553,7 +554,7 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
         run = _Run(config, ctx, progress)
         state = None
         if resume and last.is_file():
-            state = load_checkpoint(last, map_location=ctx.device)
+            state = load_checkpoint(last, map_location="cpu")
             run.restore(state)
         elif resume and ctx.is_main and progress:
             tqdm.write(f"note: no {last} yet; starting from scratch.")

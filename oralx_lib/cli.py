@@ -1,0 +1,292 @@
+"""Command line: ``python -m oralx_lib {train,evaluate,predict,synthesize,download,verify,split}``.
+
+A mistake the user can fix (a bad path, setting or file) prints ``error: <what and how to fix>``
+on stderr and exits with status 2, without a traceback. ``torchrun --nproc_per_node N -m
+oralx_lib train ...`` trains on N processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from oralx_lib.paths import ConfigError
+
+PROG = "python -m oralx_lib"
+
+TRAIN_EXAMPLES = f"""examples:
+  # a few CPU minutes on the embedded synthetic set
+  {PROG} train --model faster_rcnn --out runs/demo
+  # the released recipe on the real data, one GPU; continue after an interruption
+  {PROG} train --model moqam_rcnn --profile full --data data/OralXrays-9 --out runs/moqam
+  {PROG} train --model moqam_rcnn --profile full --data data/OralXrays-9 --out runs/moqam --resume
+  # any config field: --set key=value (JSON values), model settings with model_overrides.KEY
+  {PROG} train --model di_rpn --out runs/di --set lr=1e-4 batch_size=4 \\
+      --set model_overrides.min_size=320 lr_milestones=[8,11]
+  # two GPUs (or two CPU processes with gloo)
+  torchrun --nproc_per_node 2 -m oralx_lib train --model faster_rcnn --profile full --out runs/ddp
+"""
+
+EVALUATE_EXAMPLES = f"""examples:
+  {PROG} evaluate --checkpoint runs/demo/best.pt --split val --out runs/demo/val.json
+  {PROG} evaluate --checkpoint runs/moqam/best.pt --data data/OralXrays-9 --split test \\
+      --out runs/moqam/test.json --max-dets 1000
+"""
+
+PREDICT_EXAMPLES = f"""examples:
+  {PROG} predict --checkpoint runs/demo/best.pt xray1.png xray2.jpg --out preds/
+  {PROG} predict --checkpoint runs/demo/best.pt my_xrays/ --out preds/ --score-thr 0.5
+"""
+
+#: Subcommands owned by the data tools: name -> (module, function, help). They are imported
+#: only when used and receive the remaining arguments unchanged.
+FORWARDED: dict[str, tuple[str, str, str]] = {
+    "synthesize": ("oralx_lib.data.synthetic", "main",
+                   "generate the synthetic OralXrays-9-like set"),
+    "download": ("oralx_lib.data.download", "download_main",
+                 "download and extract OralXrays-9 (Google Drive)"),
+    "verify": ("oralx_lib.data.download", "verify_main",
+               "check a dataset folder: layout, JSON, images, classes"),
+    "split": ("oralx_lib.data.download", "split_main",
+              "carve a test split out of val"),
+}
+
+
+def project_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the user can fix this" (message, exit 2, no traceback)."""
+    from oralx_lib.engine.checkpoint import CheckpointError
+    from oralx_lib.engine.train import TrainingError
+    from oralx_lib.evaluation import EvaluationError
+
+    errors: list[type[BaseException]] = [ConfigError, CheckpointError, TrainingError,
+                                         EvaluationError]
+    for module, name in (("oralx_lib.data", "DatasetError"),
+                         ("oralx_lib.data.download", "DownloadError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsing
+# ------------------------------------------------------------------------------------------------
+def parse_set(items: Sequence[str]) -> dict:
+    """``["lr=1e-4", "model_overrides.min_size=320"]`` -> ``{"lr": 1e-4, "model_overrides":
+    {"min_size": 320}}``. Values are read as JSON (numbers, true/false, null, lists), else
+    kept as text."""
+    result: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: write key=value, e.g. --set lr=1e-4.")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            if outer != "model_overrides":
+                raise ConfigError(
+                    f"--set {item!r}: only model_overrides.KEY takes a dotted name."
+                )
+            result.setdefault("model_overrides", {})[inner] = value
+        else:
+            result[key] = value
+    return result
+
+
+def _default_profile() -> str:
+    from oralx_lib.paths import profile
+
+    return {"fast": "tiny"}.get(profile(), profile())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from oralx_lib.engine.config import PROFILES
+
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=formatter,
+        description="OralX Book: train, evaluate and run the MOQAM re-implementation "
+                    "(OralXrays-9).",
+        epilog="Run `%(prog)s COMMAND --help` for each command's options and examples.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a detector", formatter_class=formatter,
+                       description="Train a detector; writes last.pt, best.pt, metrics.jsonl, "
+                                   "curves.png and summary.json into --out.",
+                       epilog=TRAIN_EXAMPLES)
+    p.add_argument("--model", help="faster_rcnn, di_rpn, cb_scr, moqam_rcnn or moqam "
+                                   "(default: faster_rcnn)")
+    p.add_argument("--backbone", help="resnet50, resnet18 or mobilenet_v3 (default: the "
+                                      "profile's)")
+    p.add_argument("--data", help="dataset root (default: $ORALX_DATA, else the embedded "
+                                  "synthetic set)")
+    p.add_argument("--out", required=True, help="output folder of the run")
+    p.add_argument("--epochs", type=int, help="number of epochs (default: the profile's)")
+    p.add_argument("--profile", choices=sorted(PROFILES) + ["fast"], default=None,
+                   help="tiny (CPU minutes), colab (one T4) or full (the released recipe); "
+                        "default: $ORALX_PROFILE (fast = tiny)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt exactly where it stopped")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="any config field (see oralx_lib.engine.TrainConfig)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("evaluate", help="COCO AP of a checkpoint on a split",
+                       formatter_class=formatter, epilog=EVALUATE_EXAMPLES,
+                       description="COCO box AP/AR and per-class AP of a checkpoint on a "
+                                   "split, written as JSON.")
+    p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt")
+    p.add_argument("--data", help="dataset root (default: the one the model was trained on)")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("--out", required=True, help="JSON file for the metrics")
+    p.add_argument("--max-dets", type=int, default=100,
+                   help="detections per image (the release reports 1000)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--detections", help="also write the COCO detections to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("predict", help="detections on image files (overlays + JSON)",
+                       formatter_class=formatter, epilog=PREDICT_EXAMPLES,
+                       description="Run a checkpoint on images (files or folders); write one "
+                                   "overlay PNG and one JSON per image.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--score-thr", type=float, default=0.3)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    # ---- data tools: thin wrappers, arguments forwarded as they are ---------------------------
+    for name, (_, _, text) in FORWARDED.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------
+# Commands
+# ------------------------------------------------------------------------------------------------
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def cmd_train(args) -> int:
+    from oralx_lib.engine import make_config, train
+
+    overrides = parse_set(args.set)
+    for field, value in (("model", args.model), ("backbone", args.backbone),
+                         ("data_root", args.data), ("out_dir", args.out),
+                         ("epochs", args.epochs), ("device", args.device)):
+        if value is not None:
+            overrides[field] = value
+    config = make_config(args.profile or _default_profile(), **overrides)
+    summary = train(config, progress=not args.no_progress, resume=args.resume)
+    if _is_main_process():
+        best = summary["best_AP"]
+        print(f"done: {summary['epochs_completed']} epochs, {summary['steps']} steps; "
+              + (f"best val AP {best:.4f} (epoch {summary['best_epoch']}) -> "
+                 f"{summary['best_checkpoint']}" if best is not None else "not evaluated")
+              + f"; last: {summary['last_checkpoint']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from oralx_lib.data import OralXrays9
+    from oralx_lib.data.transforms import eval_transforms
+    from oralx_lib.engine import load_checkpoint
+    from oralx_lib.engine.distributed import resolve_device
+    from oralx_lib.engine.inference import evaluate_model, load_model
+    from oralx_lib.paths import default_data_root
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, map_location=device)
+    root = args.data
+    if root is None:
+        stored = load_checkpoint(args.checkpoint).get("config", {}).get("data_root")
+        root = stored if stored is not None else default_data_root()
+    dataset = OralXrays9(root, args.split, transforms=eval_transforms())
+    metrics, detections = evaluate_model(model, dataset, batch_size=args.batch_size,
+                                         device=device, progress=not args.no_progress,
+                                         max_dets=args.max_dets)
+    report = {"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split,
+              "max_dets": args.max_dets, "metrics": metrics}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.detections:
+        Path(args.detections).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.detections).write_text(json.dumps(detections))
+    print(f"{args.split}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
+          f"AP75 {metrics['AP75']:.4f}  AR{args.max_dets} {metrics[f'AR{args.max_dets}']:.4f}")
+    for name, ap in metrics["per_class_AP"].items():
+        print(f"  {name:<20} " + ("no ground truth" if ap is None else f"AP {ap:.4f}"))
+    print(f"metrics -> {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from oralx_lib.engine.distributed import resolve_device
+    from oralx_lib.engine.inference import load_model
+    from oralx_lib.engine.predict import image_paths, predict_images
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, map_location=device)
+    paths = image_paths(args.images)
+    results = predict_images(model, paths, score_thr=args.score_thr, out_dir=args.out,
+                             device=device, progress=not args.no_progress)
+    total = sum(len(r["detections"]) for r in results)
+    print(f"{len(results)} images, {total} detections (score >= {args.score_thr}) -> {args.out}")
+    return 0
+
+
+COMMANDS: dict[str, Callable] = {"train": cmd_train, "evaluate": cmd_evaluate,
+                                 "predict": cmd_predict}
+
+
+def _forward(name: str, argv: list[str]) -> int:
+    module, function, _ = FORWARDED[name]
+    try:
+        entry = getattr(__import__(module, fromlist=[function]), function)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"`{name}` is not available in this installation ({module}.{function}: {exc})."
+        ) from None
+    result = entry(argv)
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m oralx_lib`` and the ``oralx`` script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    errors: tuple[type[BaseException], ...] = (ConfigError,)
+    try:
+        errors = project_errors()
+        if argv and argv[0] in FORWARDED:
+            return _forward(argv[0], argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: a training run continues from its last.pt with --resume",
+              file=sys.stderr)
+        return 130
+
+
+__all__ = ["COMMANDS", "FORWARDED", "build_parser", "main", "parse_set", "project_errors"]
