@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from test_engine import make_tiny_set, tiny_config
 
 from oralx_lib.engine import evaluate_model, load_checkpoint, load_model, train_local_ddp
-from test_engine import make_tiny_set, tiny_config
 
 
 @pytest.mark.slow

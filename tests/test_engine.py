@@ -358,6 +358,7 @@ def test_predict_images_writes_overlays_and_json(tiny_root, tmp_path):
                              progress=False)
     assert len(results) == 2
     for path, result in zip(paths, results):
+        assert result["image"] == str(path)
         overlay = Image.open(tmp_path / "pred" / f"{path.stem}.png")
         assert overlay.size == (128, 96) and overlay.mode == "RGB"
         saved = json.loads((tmp_path / "pred" / f"{path.stem}.json").read_text())
@@ -371,3 +372,25 @@ def test_predict_images_writes_overlays_and_json(tiny_root, tmp_path):
         predict_images(model, [tmp_path / "nope.png"], progress=False)
     assert model.training is False
 
+
+
+def test_missing_val_split_says_how_to_go_on(tmp_path):
+    root = make_tiny_set(tmp_path / "data", n_train=2, n_val=1)
+    (root / "annotations" / "instances_val2017.json").unlink()
+    with pytest.raises(ConfigError, match=r"instances_val2017.json.*val_split=null"):
+        train(tiny_config(root, tmp_path / "run", val_split="val"), progress=False)
+
+
+def test_plot_history_from_epoch_records():
+    import matplotlib.pyplot as plt
+
+    history = [{"epoch": 1, "step": 3, "train_loss": 2.0, "lr": 1e-3, "val_AP": 0.1,
+                "val_AP50": 0.3},
+               {"epoch": 2, "step": 6, "train_loss": 1.5, "lr": 1e-4, "val_AP": 0.2,
+                "val_AP50": 0.4}]
+    fig = plot_history({"history": history})
+    loss_ax, lr_ax, ap_ax = fig.axes
+    assert list(loss_ax.lines[0].get_ydata()) == [2.0, 1.5]
+    assert list(lr_ax.lines[0].get_ydata()) == [1e-3, 1e-4]
+    assert [list(line.get_ydata()) for line in ap_ax.lines] == [[0.1, 0.2], [0.3, 0.4]]
+    plt.close(fig)

@@ -321,10 +321,10 @@ def make_config(profile: str = "tiny", **overrides) -> TrainConfig:
     """The config of a named profile with some fields overridden.
 
     Precedence: the profile, then what it adds for the chosen model (:func:`model_profile`),
-    then ``overrides``. ``out_dir`` defaults to ``runs_root() / profile`` (``$ORALX_RUNS``, e.g.
-    a mounted Google Drive, else ``<repo>/runs``). ``model_overrides`` is merged key by key (a key set to ``None`` removes
-    it); every other field replaces the profile's value. Unknown field names raise
-    :class:`ConfigError` listing the valid ones.
+    then ``overrides``. ``out_dir`` defaults to ``runs_root() / profile`` (``$ORALX_RUNS``,
+    e.g. a mounted Google Drive, else ``<repo>/runs``). ``model_overrides`` is merged key by
+    key (a key set to ``None`` removes it); every other field replaces the profile's value.
+    Unknown field names raise :class:`ConfigError` listing the valid ones.
     """
     name = PROFILE_ALIASES.get(str(profile).strip().lower(), str(profile).strip().lower())
     if name not in PROFILES:

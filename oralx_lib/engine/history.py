@@ -3,8 +3,8 @@
 Two kinds of records are written (``"kind"`` field):
 
 - ``"train"``, every ``log_every`` steps: ``epoch`` (1-based), ``iter`` (1-based within the
-  epoch), ``step`` (optimizer steps so far), ``lr`` (the one that step used), ``loss`` (the summed loss of that step,
-  averaged over processes) and ``losses`` (each named term);
+  epoch), ``step`` (optimizer steps so far), ``lr`` (the one that step used), ``loss`` (the
+  summed loss of that step, averaged over processes) and ``losses`` (each named term);
 - ``"epoch"``, at the end of each epoch: ``epoch``, ``step``, ``train_loss`` (mean over the
   epoch), ``lr``, ``time_s`` and, when evaluated, ``val_AP``, ``val_AP50``, ... and
   ``val_per_class_AP``.

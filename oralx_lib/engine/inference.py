@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from oralx_lib import NUM_CLASSES
+from oralx_lib.data import collate_fn
 from oralx_lib.evaluation import evaluate_coco
 from oralx_lib.paths import ConfigError
 
@@ -30,7 +31,7 @@ from .config import TrainConfig
 from .distributed import unwrap_model
 
 
-def _base_dataset(dataset):
+def unwrap_dataset(dataset):
     """``(OralXrays9, item indices into it)`` for a dataset or a ``Subset`` of one."""
     indices = list(range(len(dataset)))
     while isinstance(dataset, Subset):
@@ -103,14 +104,14 @@ def model_detections(
     afterwards, and the global random state is left untouched.
     """
     net = unwrap_model(model)
-    base, base_indices = _base_dataset(dataset)
+    base, base_indices = unwrap_dataset(dataset)
     if device is None:
         device = next(net.parameters()).device
     device = torch.device(device)
     chosen = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     items = Subset(dataset, chosen)
     loader = DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_collate)
+                        collate_fn=collate_fn)
     label_map = {int(k): int(v) for k, v in base.label_to_category_id.items()}
     was_training = net.training
     net.eval()
@@ -129,11 +130,6 @@ def model_detections(
     finally:
         net.train(was_training)
     return detections, image_ids
-
-
-def _collate(batch):
-    images, targets = zip(*batch) if batch else ((), ())
-    return list(images), list(targets)
 
 
 def evaluate_model(
@@ -156,7 +152,7 @@ def evaluate_model(
         ``(metrics, detections)``: the dict of :func:`evaluate_coco` (``AP``, ``AP50``, ...,
         ``per_class_AP``) and the COCO result dicts.
     """
-    base, _ = _base_dataset(dataset)
+    base, _ = unwrap_dataset(dataset)
     detections, image_ids = model_detections(model, dataset, batch_size=batch_size,
                                               device=device, progress=progress,
                                               max_dets=max_dets)
@@ -205,4 +201,4 @@ def load_model(checkpoint_path: str | os.PathLike, map_location="cpu") -> torch.
 
 
 __all__ = ["build_from_config", "detection_cap", "evaluate_model", "load_model",
-           "model_detections"]
+           "model_detections", "unwrap_dataset"]

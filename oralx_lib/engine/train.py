@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from tqdm.auto import tqdm
 
 from oralx_lib import __version__
+from oralx_lib.data import collate_fn
 from oralx_lib.evaluation import evaluate_coco
 from oralx_lib.paths import ConfigError, default_data_root
 
@@ -62,7 +63,7 @@ from .distributed import (
     unwrap_model,
 )
 from .history import MetricsLog, plot_history
-from .inference import _base_dataset, build_from_config, model_detections
+from .inference import build_from_config, model_detections, unwrap_dataset
 
 #: Config fields that must not change when a run is resumed (the weights would not fit).
 RESUME_LOCKED = ("model", "backbone", "model_overrides")
@@ -106,6 +107,15 @@ def build_datasets(config: TrainConfig, ctx: DistContext | None = None):
         train_set = Subset(train_set, range(min(config.train_subset, len(train_set))))
     val_set = None
     if config.val_split is not None:
+        from oralx_lib.data import annotation_file
+
+        ann = annotation_file(root, config.val_split)
+        if not ann.is_file():
+            raise ConfigError(
+                f"{ann}: no {config.val_split!r} split to evaluate on. Train without evaluation "
+                "(--set val_split=null), pick another split (--set val_split=test), or carve "
+                f"one out with `python -m oralx_lib split {root}`."
+            )
         val_set = OralXrays9(root, config.val_split, transforms=T.eval_transforms())
         if config.val_subset is not None:
             val_set = Subset(val_set, range(min(config.val_subset, len(val_set))))
@@ -175,11 +185,6 @@ class SeededItems(Dataset):
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-def _collate(batch):
-    images, targets = zip(*batch) if batch else ((), ())
-    return list(images), list(targets)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,7 +415,7 @@ class _Run:
         if ctx.is_main:
             all_dets = [d for part, _ in gathered for d in part]
             all_ids = sorted({i for _, part in gathered for i in part})
-            base, _ = _base_dataset(self.val_set)
+            base, _ = unwrap_dataset(self.val_set)
             metrics = evaluate_coco(base.coco, all_dets, max_dets=cfg.eval_max_dets,
                                     img_ids=all_ids)
         return broadcast_object(metrics, ctx)
@@ -422,7 +427,7 @@ class _Run:
                                world_size=self.ctx.world_size, batch_size=cfg.batch_size,
                                start_iter=start_iter, num_iters=self.steps_per_epoch)
         return DataLoader(SeededItems(self.train_set), batch_size=cfg.batch_size,
-                          sampler=sampler, num_workers=cfg.workers, collate_fn=_collate,
+                          sampler=sampler, num_workers=cfg.workers, collate_fn=collate_fn,
                           pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(cfg.seed + epoch))
 
