@@ -34,3 +34,16 @@ __all__ = [
     "safe_box_iou",
     "torchvision_anchor_sizes",
 ]
+
+# The complete query-based MOQAM (Co-DINO query head + collaborative branches).
+from .deformable_attention import MSDeformAttn, multi_scale_deformable_attention
+from .moqam import MOQAM, MOQAM_PROFILES, build_moqam, soft_nms
+
+__all__ += [
+    "MOQAM",
+    "MOQAM_PROFILES",
+    "MSDeformAttn",
+    "build_moqam",
+    "multi_scale_deformable_attention",
+    "soft_nms",
+]
