@@ -1,0 +1,456 @@
+"""Figures, measurements and explorers of the chapters "CB-SCR, derived" and "Evaluation and
+error analysis".
+
+Three groups:
+
+- **A toy sphere** (:func:`optimise_on_sphere`, :func:`class_mean_angles`, :func:`plot_sphere`,
+  :func:`sphere_explorer`): free 3-D features of an imbalanced toy set optimised on the unit
+  sphere with a contrastive loss given as an argument, to see where each class ends up.
+- **RoI features** (:func:`gt_roi_features`, :func:`pca_2d`, :func:`nearest_mean_accuracy`,
+  :func:`plot_embedding`): the box head's features of ground-truth boxes, the space CB-SCR
+  regularises.
+- **Detection errors** (:func:`classify_detections`, :func:`error_counts`,
+  :func:`render_errors`, :func:`error_browser`): every detection labelled correct, duplicate,
+  wrong class, poor localisation or background, and every missed box.
+
+The explorers need a live kernel; each has a drawing function that a static page (and a test)
+calls directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from . import CLASSES
+from .paths import ConfigError
+from .plots import CLASS_COLORS, draw_boxes
+
+#: ``loss_fn(features (N, D), labels (N,), centers (C, D), temperature) -> scalar``.
+SphereLoss = Callable[[Tensor, Tensor, Tensor, float], Tensor]
+
+
+# ============================================================================ the toy sphere
+def toy_labels(counts: Sequence[int]) -> Tensor:
+    """``(sum(counts),)`` int64: ``counts[k]`` copies of class ``k``, class by class."""
+    if not counts or any(int(c) < 1 for c in counts):
+        raise ConfigError(f"toy counts must be positive numbers of points per class, "
+                          f"got {list(counts)}")
+    return torch.cat([torch.full((int(c),), k, dtype=torch.int64) for k, c in enumerate(counts)])
+
+
+def optimise_on_sphere(counts: Sequence[int], loss_fn: SphereLoss, *, temperature: float = 1.0,
+                       dim: int = 3, steps: int = 500, lr: float = 0.05,
+                       seed: int = 0) -> dict[str, Tensor]:
+    """Free features of an imbalanced toy set, optimised on the unit sphere.
+
+    Each point ``i`` is a free vector ``x_i`` in ``R^dim`` and each class has a free centre
+    vector ``w_k``; the loss sees ``z_i = x_i / ||x_i||`` and ``c_k = w_k / ||w_k||`` and
+    Adam (``lr``) takes ``steps`` steps on ``loss_fn(z, labels, c, temperature)``. A loss that
+    ignores the centres (plain SupCon) leaves them where they started.
+
+    Returns:
+        ``{"features": (N, dim), "labels": (N,), "centers": (C, dim), "loss": (steps,)}``,
+        features and centres on the unit sphere.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    labels = toy_labels(counts)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(labels), dim, generator=g).requires_grad_()
+    w = torch.randn(len(counts), dim, generator=g).requires_grad_()
+    opt = torch.optim.Adam([x, w], lr=lr)
+    history = []
+    for _ in range(steps):
+        loss = loss_fn(F.normalize(x, dim=1), labels, F.normalize(w, dim=1), temperature)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    return {"features": F.normalize(x.detach(), dim=1), "labels": labels,
+            "centers": F.normalize(w.detach(), dim=1), "loss": torch.tensor(history)}
+
+
+def class_mean_angles(features: Tensor, labels: Tensor) -> Tensor:
+    """``(C, C)`` angles in degrees between the normalised class means
+    ``m_k = normalize(mean_{y_i = k} z_i)`` (``C = labels.max() + 1``; a class without points
+    gets NaN)."""
+    num = int(labels.max()) + 1
+    means = torch.stack([features[labels == k].mean(0) if bool((labels == k).any())
+                         else torch.full((features.shape[1],), float("nan"))
+                         for k in range(num)])
+    means = F.normalize(means, dim=1)
+    return torch.rad2deg(torch.acos((means @ means.T).clamp(-1.0, 1.0)))
+
+
+def nearest_class_angle(features: Tensor, labels: Tensor) -> Tensor:
+    """``(C,)`` the angle (degrees) from each class mean to the closest other class mean."""
+    angles = class_mean_angles(features, labels).clone()
+    angles.fill_diagonal_(float("inf"))
+    return angles.min(dim=1).values
+
+
+def plot_sphere(ax, features: Tensor, labels: Tensor, *, centers: Tensor | None = None,
+                names: Sequence[str] | None = None, title: str | None = None,
+                colors: Sequence[str] | None = None):
+    """Points of a 3-D embedding on a wire-frame unit sphere, one colour per class; the
+    smallest class is drawn with larger markers. ``ax`` must be a 3-D Axes
+    (``fig.add_subplot(projection="3d")``)."""
+    if features.shape[1] != 3:
+        raise ConfigError(f"plot_sphere draws 3-D features, got dimension {features.shape[1]}")
+    u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 25), np.linspace(0, np.pi, 13))
+    ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85",
+                      linewidth=0.4)
+    num = int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=num)
+    colors = list(colors) if colors is not None else [plt.get_cmap("tab10")(k % 10)
+                                                      for k in range(num)]
+    z = features.detach().cpu().numpy()
+    for k in range(num):
+        pts = z[(labels == k).numpy()]
+        rare = int(counts[k]) == int(counts.min()) and int(counts.min()) < int(counts.max())
+        label = (names[k] if names is not None else f"class {k}") + f" (n={int(counts[k])})"
+        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=70 if rare else 14, color=colors[k],
+                   edgecolor="black" if rare else "none", linewidth=0.8, label=label,
+                   depthshade=False)
+        if centers is not None:
+            c = centers[k].detach().cpu().numpy()
+            ax.scatter([c[0]], [c[1]], [c[2]], marker="*", s=160, color=colors[k],
+                       edgecolor="black", linewidth=0.6, depthshade=False)
+    ax.set_box_aspect((1, 1, 1))
+    ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xticks=[], yticks=[], zticks=[])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def sphere_explorer(counts: Sequence[int], losses: Mapping[str, SphereLoss], *,
+                    temperatures: Sequence[float] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+                    steps: int = 500, seed: int = 0):
+    """An explorer: a temperature slider and a choice of loss, redrawing the optimised toy
+    sphere (:func:`optimise_on_sphere`) with the angle from each class to its nearest
+    neighbour. Results are computed on demand and kept for the widget's lifetime. Returns the
+    ``ipywidgets`` box."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    tau = W.SelectionSlider(options=list(temperatures),
+                            value=1.0 if 1.0 in temperatures else temperatures[-1],
+                            description="tau", continuous_update=False)
+    which = W.ToggleButtons(options=list(losses), description="loss")
+    out = W.Output()
+    cache: dict = {}
+
+    def redraw(*_):
+        key = (which.value, tau.value)
+        if key not in cache:
+            cache[key] = optimise_on_sphere(counts, losses[which.value], temperature=tau.value,
+                                            steps=steps, seed=seed)
+        res = cache[key]
+        angles = nearest_class_angle(res["features"], res["labels"])
+        with out:
+            out.clear_output(wait=True)
+            fig = plt.figure(figsize=(5.5, 5.2))
+            ax = fig.add_subplot(projection="3d")
+            plot_sphere(ax, res["features"], res["labels"],
+                        title=f"{which.value}, tau = {tau.value}: nearest-class angle "
+                              + ", ".join(f"{a:.0f}" for a in angles.tolist()) + " deg")
+            ax.legend(fontsize=7, loc="upper left")
+            display(fig)
+            plt.close(fig)
+
+    tau.observe(redraw, names="value")
+    which.observe(redraw, names="value")
+    redraw()
+    return W.VBox([W.HBox([which, tau]), out])
+
+
+# ============================================================================= RoI features
+@torch.no_grad()
+def gt_roi_features(model, dataset, indices: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+    """The box head's features of the ground-truth boxes, as the RoI head computes them.
+
+    For each item: ``model.transform`` resizes the image and its boxes as in evaluation, the
+    backbone gives the feature maps, ``roi_heads.box_roi_pool`` RoIAligns the boxes (7 x 7 per
+    level chosen by box size) and ``roi_heads.box_head`` maps them to ``(K, R)`` features
+    (``R`` = representation size, 1024 in the release): the ``x_i`` that the classifier and
+    CB-SCR's projection see.
+
+    Args:
+        model: a two-stage detector of :func:`oralx_lib.models.build_model`.
+        dataset: items ``(image (3, H, W), {"boxes": (K, 4), "labels": (K,)})``.
+        indices: items to use (default: all).
+
+    Returns:
+        ``(features (M, R), labels (M,) in 1..9)`` over all boxes of the items, on the CPU.
+    """
+    for part in ("transform", "backbone", "roi_heads"):
+        if not hasattr(model, part):
+            raise ConfigError(
+                f"gt_roi_features needs a two-stage detector with .{part} (build_model("
+                f"'faster_rcnn' | 'di_rpn' | 'cb_scr' | 'moqam_rcnn')); got "
+                f"{type(model).__name__}."
+            )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    feats, labels = [], []
+    try:
+        for i in (range(len(dataset)) if indices is None else indices):
+            image, target = dataset[i]
+            if len(target["boxes"]) == 0:
+                continue
+            tgt = [{"boxes": target["boxes"].to(device, torch.float32),
+                    "labels": target["labels"].to(device)}]
+            images, tgt = model.transform([image.to(device)], tgt)
+            maps = model.backbone(images.tensors)
+            pooled = model.roi_heads.box_roi_pool(maps, [tgt[0]["boxes"]], images.image_sizes)
+            feats.append(model.roi_heads.box_head(pooled).cpu())
+            labels.append(tgt[0]["labels"].cpu())
+    finally:
+        model.train(was_training)
+    if not feats:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def pca_2d(features: Tensor) -> Tensor:
+    """``(M, 2)``: the features' coordinates on their two principal axes (centred;
+    ``torch.pca_lowrank``)."""
+    x = features.double()
+    x = x - x.mean(0, keepdim=True)
+    _, _, v = torch.pca_lowrank(x, q=min(2, *x.shape), center=False)
+    return (x @ v[:, :2]).float()
+
+
+def nearest_mean_accuracy(features: Tensor, labels: Tensor) -> dict[int, float]:
+    """Per class, the fraction of its features whose nearest class mean (cosine similarity of
+    L2-normalised features) is its own class's, leaving each feature out of its own class's
+    mean: ``{label: accuracy}`` for every label with at least two features."""
+    z = F.normalize(features.double(), dim=1)
+    present = sorted(int(k) for k in labels.unique())
+    sums = torch.stack([z[labels == k].sum(0) for k in present])  # (K, D)
+    counts = torch.tensor([int((labels == k).sum()) for k in present], dtype=torch.float64)
+    result = {}
+    for row, k in enumerate(present):
+        if counts[row] < 2:
+            continue
+        idx = (labels == k).nonzero().flatten()
+        means = (sums / counts[:, None]).expand(len(idx), -1, -1).clone()  # (n, K, D)
+        means[:, row] = (sums[row] - z[idx]) / (counts[row] - 1)
+        sim = torch.einsum("nd,nkd->nk", z[idx], F.normalize(means, dim=2))
+        result[k] = float((sim.argmax(1) == row).double().mean())
+    return result
+
+
+def plot_embedding(ax, points: Tensor, labels: Tensor, *, title: str | None = None,
+                   legend: bool = False):
+    """A 2-D scatter of ``points (M, 2)`` coloured by class (labels 1..9); rare classes on
+    top."""
+    pts = points.detach().cpu().numpy()
+    counts = torch.bincount(labels, minlength=len(CLASSES) + 1)
+    for lab in sorted(labels.unique().tolist(), key=lambda k: -int(counts[k])):
+        sel = (labels == lab).numpy()
+        name = CLASSES[lab - 1]
+        ax.scatter(pts[sel, 0], pts[sel, 1], s=10 if counts[lab] > 20 else 28,
+                   color=CLASS_COLORS[name], label=f"{name} ({int(counts[lab])})",
+                   alpha=0.8, edgecolor="black" if counts[lab] <= 20 else "none",
+                   linewidth=0.4)
+    ax.set(xticks=[], yticks=[])
+    if title:
+        ax.set_title(title, fontsize=9)
+    if legend:
+        ax.legend(fontsize=7, markerscale=1.5, loc="best")
+    return ax
+
+
+# =========================================================================== detection errors
+#: The kinds of detection, in the order figures and tables use.
+ERROR_TYPES: tuple[str, ...] = ("correct", "duplicate", "class", "localisation", "background")
+#: Colours of the kinds, and of a missed ground-truth box.
+ERROR_COLORS: dict[str, str] = {"correct": "#2ca02c", "duplicate": "#17becf",
+                                "class": "#ff7f0e", "localisation": "#9467bd",
+                                "background": "#d62728", "missed": "#ffdd00"}
+
+
+def classify_detections(prediction: Mapping[str, Tensor], target: Mapping[str, Tensor], *,
+                        iou_thr: float = 0.5, score_thr: float = 0.3,
+                        background_iou: float = 0.1) -> dict:
+    """Label each detection of one image with its kind of error, and find the missed boxes.
+
+    Detections with ``score >= score_thr`` are visited by decreasing score. With ``IoU`` the
+    box overlap, a detection of class ``c`` is
+
+    1. ``correct`` if its best IoU with a not yet matched ground-truth box of class ``c`` is
+       ``>= iou_thr`` (that box is then matched, as in COCO's greedy matching);
+    2. ``duplicate`` if it overlaps an already matched box of class ``c`` with
+       ``IoU >= iou_thr``;
+    3. ``class`` (a confusion) if it overlaps a box of another class with ``IoU >= iou_thr``;
+    4. ``localisation`` if it overlaps a box of class ``c`` with
+       ``background_iou <= IoU < iou_thr``;
+    5. ``background`` otherwise.
+
+    A ground-truth box that no ``correct`` detection matched is ``missed``. (These are the
+    main error kinds of the TIDE toolbox, without its weighting of each kind by the AP it
+    costs.)
+
+    Args:
+        prediction: ``{"boxes": (D, 4) xyxy, "labels": (D,), "scores": (D,)}``.
+        target: ``{"boxes": (G, 4) xyxy, "labels": (G,)}`` in the same pixels.
+
+    Returns:
+        ``{"kept": (D',) indices of the detections scored, by decreasing score, "kinds": list
+        of D' kinds, "matched_gt": (D',) the ground-truth index each one refers to or -1,
+        "missed": (G,) bool}``.
+    """
+    boxes = torch.as_tensor(prediction["boxes"], dtype=torch.float32).reshape(-1, 4).cpu()
+    labels = torch.as_tensor(prediction["labels"]).reshape(-1).cpu()
+    scores = torch.as_tensor(prediction["scores"], dtype=torch.float32).reshape(-1).cpu()
+    gt_boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4).cpu()
+    gt_labels = torch.as_tensor(target["labels"]).reshape(-1).cpu()
+    if not 0 <= background_iou <= iou_thr <= 1:
+        raise ConfigError(f"need 0 <= background_iou <= iou_thr <= 1, got {background_iou} "
+                          f"and {iou_thr}")
+    keep = (scores >= score_thr).nonzero().flatten()
+    keep = keep[torch.argsort(scores[keep], descending=True, stable=True)]
+    iou = box_iou(boxes[keep], gt_boxes) if len(gt_boxes) and len(keep) else \
+        torch.zeros(len(keep), len(gt_boxes))
+    matched = torch.zeros(len(gt_boxes), dtype=torch.bool)
+    kinds, refers = [], []
+    for row, det in enumerate(keep.tolist()):
+        same = gt_labels == labels[det]
+        overlap = iou[row]
+        free = same & ~matched & (overlap >= iou_thr)
+        if bool(free.any()):
+            g = int(torch.where(free, overlap, torch.tensor(-1.0)).argmax())
+            matched[g] = True
+            kinds.append("correct")
+            refers.append(g)
+            continue
+        for kind, mask in (("duplicate", same & matched & (overlap >= iou_thr)),
+                           ("class", ~same & (overlap >= iou_thr)),
+                           ("localisation", same & (overlap >= background_iou))):
+            if bool(mask.any()):
+                kinds.append(kind)
+                refers.append(int(torch.where(mask, overlap, torch.tensor(-1.0)).argmax()))
+                break
+        else:
+            kinds.append("background")
+            refers.append(-1)
+    return {"kept": keep, "kinds": kinds, "matched_gt": torch.tensor(refers, dtype=torch.int64),
+            "missed": ~matched}
+
+
+def error_counts(dataset, predictions: Sequence[Mapping[str, Tensor]], *,
+                 indices: Sequence[int] | None = None, **kwargs) -> dict[str, dict[str, int]]:
+    """:func:`classify_detections` over a dataset: per class name, the number of detections of
+    each kind (by the detection's class) and ``missed`` boxes and ``gt`` boxes (by the box's
+    class). ``predictions[j]`` belongs to item ``indices[j]`` (default: item ``j``);
+    ``kwargs`` go to :func:`classify_detections`."""
+    indices = list(range(len(predictions))) if indices is None else list(indices)
+    if len(indices) != len(predictions):
+        raise ConfigError(f"{len(predictions)} predictions for {len(indices)} items: give one "
+                          "prediction per item")
+    table = {name: {kind: 0 for kind in (*ERROR_TYPES, "missed", "gt")} for name in CLASSES}
+    for pred, i in zip(predictions, indices):
+        target = dataset[i][1]
+        res = classify_detections(pred, target, **kwargs)
+        det_labels = torch.as_tensor(pred["labels"]).reshape(-1)
+        for det, kind in zip(res["kept"].tolist(), res["kinds"]):
+            table[CLASSES[int(det_labels[det]) - 1]][kind] += 1
+        for lab, missed in zip(target["labels"].tolist(), res["missed"].tolist()):
+            table[CLASSES[lab - 1]]["gt"] += 1
+            table[CLASSES[lab - 1]]["missed"] += int(missed)
+    return table
+
+
+def render_errors(dataset, index: int, prediction: Mapping[str, Tensor], *,
+                  score_thr: float = 0.3, iou_thr: float = 0.5, ax=None, width: float = 11.0):
+    """Item ``index`` with its ground truth (class colours, thin; missed boxes yellow, thick)
+    and the detections with ``score >= score_thr`` coloured by kind
+    (:func:`classify_detections`). Returns the figure."""
+    from matplotlib.patches import Patch, Rectangle
+
+    image, target = dataset[index]
+    h, w = image.shape[-2:]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(width, width * h / w + 0.7))
+    else:
+        fig = ax.figure
+    res = classify_detections(prediction, target, iou_thr=iou_thr, score_thr=score_thr)
+    draw_boxes(ax, image, target["boxes"], target["labels"], linewidth=1.0, fontsize=6)
+    for box, missed in zip(target["boxes"].tolist(), res["missed"].tolist()):
+        if missed:
+            x1, y1, x2, y2 = box
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=2.6,
+                                   edgecolor=ERROR_COLORS["missed"]))
+    boxes = torch.as_tensor(prediction["boxes"]).reshape(-1, 4)
+    for det, kind in zip(res["kept"].tolist(), res["kinds"]):
+        x1, y1, x2, y2 = boxes[det].tolist()
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.6,
+                               linestyle="--", edgecolor=ERROR_COLORS[kind]))
+    counts = {k: res["kinds"].count(k) for k in ERROR_TYPES}
+    counts["missed"] = int(res["missed"].sum())
+    handles = [Patch(facecolor="none", edgecolor=ERROR_COLORS[k], linewidth=2,
+                     label=f"{k} ({counts[k]})") for k in (*ERROR_TYPES, "missed")]
+    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
+    ax.set_title(f"item {index}: {len(target['labels'])} boxes (solid, class colours); "
+                 f"detections with score >= {score_thr:.2f} (dashed) by kind at IoU {iou_thr}",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def error_browser(dataset, predictions: Sequence[Mapping[str, Tensor]], *,
+                  score_thr: float = 0.3, iou_thr: float = 0.5, width: float = 11.0):
+    """An explorer over :func:`render_errors`: image slider, score threshold, IoU threshold.
+    ``predictions[i]`` belongs to item ``i``. Returns the ``ipywidgets`` box."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    index = W.IntSlider(value=0, min=0, max=max(len(predictions) - 1, 0), description="image",
+                        continuous_update=False, layout=W.Layout(width="50%"))
+    score = W.FloatSlider(value=score_thr, min=0.05, max=0.95, step=0.05,
+                          description="min score", continuous_update=False)
+    iou = W.FloatSlider(value=iou_thr, min=0.3, max=0.9, step=0.05, description="IoU",
+                        continuous_update=False)
+    out = W.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            fig = render_errors(dataset, index.value, predictions[index.value],
+                                score_thr=score.value, iou_thr=iou.value, width=width)
+            display(fig)
+            plt.close(fig)
+
+    for control in (index, score, iou):
+        control.observe(redraw, names="value")
+    redraw()
+    return W.VBox([W.HBox([index, score, iou]), out])
+
+
+__all__ = [
+    "ERROR_COLORS",
+    "ERROR_TYPES",
+    "class_mean_angles",
+    "classify_detections",
+    "error_browser",
+    "error_counts",
+    "gt_roi_features",
+    "nearest_class_angle",
+    "nearest_mean_accuracy",
+    "optimise_on_sphere",
+    "pca_2d",
+    "plot_embedding",
+    "plot_sphere",
+    "render_errors",
+    "sphere_explorer",
+    "toy_labels",
+]
