@@ -118,6 +118,21 @@ class Experiment:
         return out
 
 
+def data_fingerprint(root: Path, splits) -> str:
+    """A hash of the annotation files a run trains and validates on: a run is reused only on
+    the very same data (regenerating the synthetic set invalidates it)."""
+    import hashlib
+
+    from .data import annotation_file
+
+    digest = hashlib.sha256()
+    for split in splits:
+        if split:
+            path = annotation_file(root, split)
+            digest.update(path.read_bytes() if path.is_file() else b"missing")
+    return digest.hexdigest()
+
+
 def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, data=None,
                    name: str | None = None, progress: bool = True,
                    **overrides) -> Experiment:
@@ -131,8 +146,8 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
         name: folder name under ``runs/book/`` (default ``<model>-<profile>-s<seed>``).
         **overrides: :class:`oralx_lib.engine.TrainConfig` fields.
 
-    A run whose saved ``config.json`` differs from the requested config is moved aside to
-    ``<name>.previous`` and trained again.
+    A run whose saved ``config.json`` differs from the requested config, or that was trained on
+    other annotation files, is moved aside to ``<name>.previous`` and trained again.
     """
     from .engine import make_config, train
 
@@ -147,13 +162,18 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
     settings = {**(BOOK_FAST if prof == "tiny" else {}), **overrides}
     config = make_config(prof, model=model, seed=seed, data_root=str(data_root.resolve()),
                          out_dir=str(out), **settings)
-    saved = out / "config.json"
-    if saved.is_file() and json.loads(saved.read_text()) != json.loads(config.to_json()):
+    saved, stamp = out / "config.json", out / "data_fingerprint.txt"
+    fingerprint = data_fingerprint(data_root, (config.train_split, config.val_split))
+    stale = saved.is_file() and (json.loads(saved.read_text()) != json.loads(config.to_json())
+                                 or not stamp.is_file() or stamp.read_text() != fingerprint)
+    if stale:
         previous = out.with_name(out.name + ".previous")
         shutil.rmtree(previous, ignore_errors=True)
         out.rename(previous)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     if summary is None or summary.get("epochs_completed", 0) < config.epochs:
+        out.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
         summary = train(config, progress=progress, resume=True)
     return Experiment(name=name, out_dir=out, config=config, summary=summary)
