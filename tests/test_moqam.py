@@ -320,6 +320,23 @@ def test_training_without_branches_and_with_empty_targets():
     assert "loss_cls_aux1_d0" in losses and all(torch.isfinite(v) for v in losses.values())
 
 
+def test_encoder_checkpoint_gives_the_same_gradients():
+    model = tiny_model(aux_branches=(), dn_number=0, num_encoder_layers=2).train()
+    images, targets = sample_batch()
+
+    def step():
+        model.zero_grad()
+        loss = sum(model(images, targets).values())
+        loss.backward()
+        return loss.detach(), model.encoder.layers[0].self_attn.value_proj.weight.grad.clone()
+
+    loss_plain, grad_plain = step()
+    model.encoder.checkpoint = True
+    loss_ckpt, grad_ckpt = step()
+    torch.testing.assert_close(loss_ckpt, loss_plain)
+    torch.testing.assert_close(grad_ckpt, grad_plain)
+
+
 def test_mixed_precision_step_on_cpu():
     """Autocast (bfloat16 on CPU) through every branch: losses stay float32 and finite."""
     model = tiny_model()

@@ -535,18 +535,24 @@ class MOQAM(nn.Module):
 
 # ---------------------------------------------------------------------- profiles and builder
 #: Build kwargs for ``build_moqam(**MOQAM_PROFILES[name])``.
-#: ``tiny``: CPU minutes (resnet18, 128-d, 2 + 2 layers, 100 queries, short side 256).
-#: ``colab``: a 16 GB T4 with AMP (resnet50, the released head sizes, short side 640, max 1066,
-#: 300 queries; memory estimated by counting the bytes autograd saves in one training step,
-#: see ``benchmarks/bench_moqam.py --memory``).
-#: ``full``: the release (resnet50, 900 queries, 6 + 6 layers, 800 x 1333).
+#:
+#: - ``tiny``: CPU minutes (resnet18, 128-d, 2 + 2 layers, 100 queries, short side 256).
+#: - ``colab``: a 16 GB T4 with AMP: resnet50 and the released 256-d, 6 + 6 layer, 8-head
+#:   transformer with 300 queries, FFN 1024, panoramas resized to 1066 x 603, encoder layers
+#:   recomputed in backward. Memory estimated on CPU by ``benchmarks/bench_moqam.py --memory
+#:   colab`` (bytes autograd saves for backward, measured at 0.4 and 0.6 of the size and
+#:   extrapolated linearly in pixels): ~2.2 GiB saved activations + 0.9 GiB weights, gradients
+#:   and AdamW state, plus ~2 GiB for the encoder layer being recomputed: ~5-6 GiB with
+#:   allocator overhead. Without the recomputation the saved activations alone measured
+#:   12.1 GiB (fp32, counted directly at 1066 x 603), too close to 16 GB.
+#: - ``full``: the release (resnet50, 900 queries, 6 + 6 layers, FFN 2048, 800 x 1333).
 MOQAM_PROFILES: dict[str, dict[str, Any]] = {
     "tiny": dict(backbone="resnet18", embed_dim=128, num_heads=4, num_points=4, ffn_dim=512,
                  num_encoder_layers=2, num_decoder_layers=2, num_queries=100, dn_number=30,
                  num_aux_queries=100, min_size=256, max_size=448),
     "colab": dict(backbone="resnet50", embed_dim=256, num_heads=8, num_points=4, ffn_dim=1024,
                   num_encoder_layers=6, num_decoder_layers=6, num_queries=300, dn_number=100,
-                  num_aux_queries=100, min_size=640, max_size=1066),
+                  num_aux_queries=100, min_size=640, max_size=1066, encoder_checkpoint=True),
     "full": dict(backbone="resnet50"),
 }
 
@@ -554,7 +560,7 @@ _DEFAULTS: dict[str, Any] = dict(
     embed_dim=256, num_queries=900, num_encoder_layers=6, num_decoder_layers=6, num_heads=8,
     num_points=4, ffn_dim=2048, dn_number=100, label_noise_ratio=0.5, box_noise_scale=1.0,
     min_size=800, max_size=1333, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-    size_divisible=32, trainable_backbone_layers=3,
+    size_divisible=32, trainable_backbone_layers=3, encoder_checkpoint=False,
     aux_branches=("rpn", "roi", "atss"), num_aux_queries=300, aux_query_weight=1.0,
     loss_weights=None, match_costs=None, qfl_beta=2.0, branch_options=None,
     detections_per_img=300, soft_nms=False, soft_nms_sigma=0.5, pre_nms_topk=900,
@@ -574,7 +580,8 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
     ``{"cls": 1, "bbox": 5, "giou": 2}``, ``match_costs``, ``qfl_beta`` 2, ``branch_options``
     (a dict for :func:`build_collaborative_branches`: loss weights, DI-RPN settings, ...),
     ``detections_per_img`` 300, ``soft_nms`` False, ``soft_nms_sigma`` 0.5,
-    ``pre_nms_topk`` 900, ``trainable_backbone_layers`` 3.
+    ``pre_nms_topk`` 900, ``trainable_backbone_layers`` 3, ``encoder_checkpoint`` False
+    (recompute encoder layers in backward: less memory for one more encoder forward).
 
     Example::
 
@@ -622,7 +629,8 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
         backbone=body,
         neck=ChannelMapper(in_channels=channels, embed_dim=dim),
         transform=transform,
-        encoder=DeformableEncoder(num_layers=cfg["num_encoder_layers"], **sizes),
+        encoder=DeformableEncoder(num_layers=cfg["num_encoder_layers"],
+                                  checkpoint=cfg["encoder_checkpoint"], **sizes),
         decoder=DeformableDecoder(num_layers=cfg["num_decoder_layers"], **sizes),
         branches=branches,
         num_classes=num_classes,

@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .deformable_attention import MSDeformAttn
@@ -210,20 +211,32 @@ class DeformableEncoder(nn.Module):
     """
 
     def __init__(self, *, num_layers: int, embed_dim: int, num_heads: int, num_levels: int,
-                 num_points: int, ffn_dim: int) -> None:
+                 num_points: int, ffn_dim: int, checkpoint: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             _EncoderLayer(embed_dim, num_heads, num_levels, num_points, ffn_dim)
             for _ in range(num_layers)
         )
+        self.checkpoint = checkpoint
 
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Tensor, ratios: Tensor,
                 padding_mask: Tensor) -> Tensor:
         """``src``, ``pos``: ``(B, S, C)``; ``ratios``: ``(B, L, 2)``; ``padding_mask``:
-        ``(B, S)``. Returns the memory ``(B, S, C)``."""
+        ``(B, S)``. Returns the memory ``(B, S, C)``.
+
+        With ``checkpoint=True`` each layer is recomputed during backward instead of keeping
+        its activations (``torch.utils.checkpoint``): the sampled values of the stride-4 level
+        dominate training memory, and this trades about one extra encoder forward for them.
+        """
         reference_points = encoder_reference_points(spatial_shapes, ratios).to(src.dtype)
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, padding_mask)
+            if self.checkpoint and self.training and torch.is_grad_enabled():
+                src = torch.utils.checkpoint.checkpoint(
+                    layer, src, pos, reference_points, spatial_shapes, padding_mask,
+                    use_reentrant=False,
+                )
+            else:
+                src = layer(src, pos, reference_points, spatial_shapes, padding_mask)
         return src
 
 
