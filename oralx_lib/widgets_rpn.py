@@ -38,7 +38,7 @@ from .paths import ConfigError
 from .plots import CLASS_COLORS, SHORT_NAMES, to_numpy_image
 
 #: Colours of the three anchor labels in the figures.
-ASSIGNMENT_COLORS = {"positive": "#2ca02c", "ignored": "#ff7f0e", "negative": "#d62728"}
+ASSIGNMENT_COLORS = {"positive": "#ffe600", "ignored": "#ff4dff", "negative": "#d62728"}
 #: Default size bins (``sqrt(w h)`` in network-input pixels) for recall tables.
 SIZE_BINS = (0, 8, 12, 16, 24, 32, 64, math.inf)
 
@@ -405,17 +405,18 @@ def _region_around(boxes: Tensor, margin: float, image_size: tuple[int, int]) ->
 
 def draw_assignment(ax, view: NetworkView, matches: Tensor, *, region: Sequence[float] | None = None,
                     gt_index: Sequence[int] | None = None, show_ignored: bool = True,
-                    max_per_kind: int = 400, title: str | None = None):
+                    max_positive: int = 400, max_ignored: int = 30, title: str | None = None):
     """The resized X-ray, its ground truth (class colours, thick) and the anchors an assigner
-    labels positive (green) and ignored (orange, dashed), inside ``region``.
+    labels positive (yellow) and ignored (magenta, dashed), inside ``region``.
 
     Args:
         view: from :func:`network_view` with a target.
         matches: ``(A,)`` the assigner's output for ``view.anchors`` and ``view.boxes``.
         region: ``(x1, y1, x2, y2)`` to show, input pixels (default: around ``gt_index``).
-        gt_index: ground truths to draw (default: all); anchors matched to others are skipped.
-        max_per_kind: at most this many anchors of each kind are drawn (the largest IoU first
-            is not known here, so the first ones in the RPN's order).
+        gt_index: ground truths to draw (default: all); anchors matched to others (ignored
+            anchors: whose best ground truth is another) are skipped.
+        max_positive, max_ignored: at most this many anchors of each kind are drawn, those of
+            highest IoU with the ground truth shown first.
 
     Returns:
         ``{"positive": n, "ignored": n, "negative": n}`` counted over *all* anchors.
@@ -429,14 +430,25 @@ def draw_assignment(ax, view: NetworkView, matches: Tensor, *, region: Sequence[
     ax.imshow(to_numpy_image(view.input_image), cmap="gray", vmin=0, vmax=1)
     inside = ((view.anchors[:, 0] < x2) & (view.anchors[:, 2] > x1)
               & (view.anchors[:, 1] < y2) & (view.anchors[:, 3] > y1))
-    is_pos = matches >= 0
+    is_pos = (matches >= 0) & inside
+    is_ignored = (matches == -2) & inside
+    shown = torch.as_tensor(keep_gt, dtype=torch.int64)
     if gt_index is not None:
-        is_pos &= torch.isin(matches, torch.as_tensor(keep_gt))
-    kinds = [("positive", is_pos & inside, "-", 1.0)]
+        is_pos &= torch.isin(matches, shown.to(matches.dtype))
+    kinds = [("positive", is_pos, "-", 1.2, max_positive)]
     if show_ignored:
-        kinds.insert(0, ("ignored", (matches == -2) & inside, "--", 0.7))
-    for kind, mask, style, lw in kinds:
-        for box in view.anchors[mask][:max_per_kind].tolist():
+        kinds.insert(0, ("ignored", is_ignored, "--", 0.6, max_ignored))
+    for kind, mask, style, lw, limit in kinds:
+        idx = torch.nonzero(mask).flatten()
+        if len(idx) and len(shown):
+            iou = box_iou(view.boxes[shown], view.anchors[idx])  # (K_shown, n)
+            if kind == "ignored":
+                # Ignored anchors carry no GT index: keep those whose best ground truth is shown.
+                best_gt = box_iou(view.boxes, view.anchors[idx]).argmax(dim=0)
+                keep = torch.isin(best_gt, shown)
+                idx, iou = idx[keep], iou[:, keep]
+            idx = idx[iou.max(dim=0).values.argsort(descending=True)] if len(idx) else idx
+        for box in view.anchors[idx[:limit]].tolist():
             ax.add_patch(plt.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
                                        edgecolor=ASSIGNMENT_COLORS[kind], linewidth=lw, linestyle=style,
                                        alpha=0.8))
@@ -550,6 +562,11 @@ def draw_threshold_setting(axes, size: float, anchors: Tensor, *, offset: tuple[
     ax_box.set_ylim(cy + margin, cy - margin)
     ax_box.set_aspect("equal")
     ax_box.tick_params(labelsize=7)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=RULE_COLORS.get(name, f"C{k}"), label=f"{name} positive")
+               for k, name in enumerate(rules)]
+    ax_box.legend(handles=handles, fontsize=6, loc="lower left", frameon=True, framealpha=0.8)
     thr_released = float(released.effective_thresholds(gt)[0])
     thr_clamped = float(clamped.effective_thresholds(gt)[0])
     ax_box.set_title(f"s = {size:.1f} px, best anchor IoU {best:.2f}\n"
