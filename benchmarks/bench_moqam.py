@@ -11,8 +11,9 @@ GPU::
 
     python benchmarks/bench_moqam.py --device cuda --size 1333x754 --amp
 
-adds images/s, peak GPU memory and the share of the training step spent in multi-scale
-deformable attention (forward range plus ``grid_sampler`` backward, from ``torch.profiler``).
+adds peak GPU memory. Every run reports images/s and the share of MOQAM's training step spent
+in multi-scale deformable attention (its forward range plus ``grid_sampler`` backward, from
+``torch.profiler``; device time on a GPU, CPU time otherwise).
 
 Memory estimate without a GPU::
 
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -86,6 +88,7 @@ def time_model(model, images, targets, device: str, repeat: int, amp: bool):
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def train_step():
+        model.train()
         with torch.autocast(dev_type, dtype=torch.float16, enabled=amp):
             loss = sum(model(images, targets).values())
         optimizer.zero_grad(set_to_none=True)
@@ -187,7 +190,7 @@ def memory_estimate(profile_name: str, batch: int, scales: list[float]) -> dict:
 
     start = time.perf_counter()
     points = []
-    for factor in scales:
+    for factor in tqdm(scales, desc="memory (fp32 + AMP) per scale"):
         model.transform.min_size = (round(min_size * factor),)
         model.transform.max_size = round(max_size * factor)
         w, h = input_size(factor)
@@ -286,9 +289,12 @@ def main(argv: list[str] | None = None) -> dict:
         images, targets = synthetic_batch(args.batch, width, height, args.device)
         rows = []
         names = ["moqam"] + ([] if args.no_baseline else ["moqam_rcnn"])
+        runs = [(b, n) for b in args.backbone.split(",") for n in names]
+        progress = tqdm(total=len(runs), desc="models timed")
         for backbone in args.backbone.split(","):
             timings = {}
             for name in names:
+                progress.set_postfix_str(f"{name} / {backbone}")
                 torch.manual_seed(0)
                 model = build(name, backbone, width, height, args.head, args.device)
                 train_s, infer_s, peak, step = time_model(model, images, targets, args.device,
@@ -299,25 +305,28 @@ def main(argv: list[str] | None = None) -> dict:
                        "inference_images_per_s": args.batch / infer_s}
                 if peak is not None:
                     row["peak_memory_GiB"] = peak / 1024 ** 3
-                if name == "moqam" and args.device.startswith("cuda"):
+                if name == "moqam":
                     row["deformable_attention_share"] = attention_share(step, args.device)
                 timings[name] = row
                 rows.append(row)
                 del model
                 if args.device.startswith("cuda"):
                     torch.cuda.empty_cache()
+                progress.update()
             if "moqam_rcnn" in timings:
                 m, r = timings["moqam"], timings["moqam_rcnn"]
                 m["train_ratio_vs_moqam_rcnn"] = m["train_step_s"] / r["train_step_s"]
                 m["inference_ratio_vs_moqam_rcnn"] = (m["inference_s_per_image"]
                                                      / r["inference_s_per_image"])
+        progress.close()
         record.update(size=args.size, batch=args.batch, head=args.head, amp=args.amp,
                       device=args.device, results=rows)
         header = (f"{'model':11s} {'backbone':9s} {'train s/step':>12s} {'infer s/img':>11s} "
                   f"{'train img/s':>11s} {'ratio train':>11s} {'ratio infer':>11s}")
         extra = args.device.startswith("cuda")
+        header += f" {'attn share':>10s}"
         if extra:
-            header += f" {'peak GiB':>9s} {'attn share':>10s}"
+            header += f" {'peak GiB':>9s}"
         print(f"{args.size}, batch {args.batch}, {args.device}, head={args.head}, amp={args.amp}")
         print(header)
         for r in rows:
@@ -325,9 +334,9 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{r['inference_s_per_image']:11.3f} {r['train_images_per_s']:11.2f} "
                     f"{r.get('train_ratio_vs_moqam_rcnn', float('nan')):11.2f} "
                     f"{r.get('inference_ratio_vs_moqam_rcnn', float('nan')):11.2f}")
+            line += f" {r.get('deformable_attention_share', float('nan')):10.2f}"
             if extra:
-                line += (f" {r.get('peak_memory_GiB', float('nan')):9.2f}"
-                         f" {r.get('deformable_attention_share', float('nan')):10.2f}")
+                line += f" {r.get('peak_memory_GiB', float('nan')):9.2f}"
             print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=2))
