@@ -536,7 +536,8 @@ class MOQAM(nn.Module):
 # ---------------------------------------------------------------------- profiles and builder
 #: Build kwargs for ``build_moqam(**MOQAM_PROFILES[name])``.
 #:
-#: - ``tiny``: CPU minutes (resnet18, 128-d, 2 + 2 layers, 100 queries, short side 256).
+#: - ``tiny``: CPU minutes (resnet18, 128-d, 2 + 2 layers, 100 queries, short side 256,
+#:   lighter RPN / RoI sampling and a 256-d RoI head).
 #: - ``colab``: a 16 GB T4 with AMP: resnet50 and the released 256-d, 6 + 6 layer, 8-head
 #:   transformer with 300 queries, FFN 1024, panoramas resized to 1066 x 603, encoder layers
 #:   recomputed in backward. Memory estimated on CPU by ``benchmarks/bench_moqam.py --memory
@@ -549,7 +550,9 @@ class MOQAM(nn.Module):
 MOQAM_PROFILES: dict[str, dict[str, Any]] = {
     "tiny": dict(backbone="resnet18", embed_dim=128, num_heads=4, num_points=4, ffn_dim=512,
                  num_encoder_layers=2, num_decoder_layers=2, num_queries=100, dn_number=30,
-                 num_aux_queries=100, min_size=256, max_size=448),
+                 num_aux_queries=100, min_size=256, max_size=448,
+                 branch_options=dict(rpn_pre_nms_top_n=1000, rpn_post_nms_top_n=300,
+                                     roi_batch_size_per_image=128, representation_size=256)),
     "colab": dict(backbone="resnet50", embed_dim=256, num_heads=8, num_points=4, ffn_dim=1024,
                   num_encoder_layers=6, num_decoder_layers=6, num_queries=300, dn_number=100,
                   num_aux_queries=100, min_size=640, max_size=1066, encoder_checkpoint=True),
