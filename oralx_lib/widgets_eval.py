@@ -19,6 +19,7 @@ calls directly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -55,6 +56,10 @@ def optimise_on_sphere(counts: Sequence[int], loss_fn: SphereLoss, *, temperatur
     Adam (``lr``) takes ``steps`` steps on ``loss_fn(z, labels, c, temperature)``. A loss that
     ignores the centres (plain SupCon) leaves them where they started.
 
+    The tensors are tiny, so the loop runs with one intra-op thread (the previous setting is
+    restored afterwards): on a CPU, handing such small operations to several threads costs
+    several times more than it saves.
+
     Returns:
         ``{"features": (N, dim), "labels": (N,), "centers": (C, dim), "loss": (steps,)}``,
         features and centres on the unit sphere.
@@ -67,12 +72,17 @@ def optimise_on_sphere(counts: Sequence[int], loss_fn: SphereLoss, *, temperatur
     w = torch.randn(len(counts), dim, generator=g).requires_grad_()
     opt = torch.optim.Adam([x, w], lr=lr)
     history = []
-    for _ in range(steps):
-        loss = loss_fn(F.normalize(x, dim=1), labels, F.normalize(w, dim=1), temperature)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(float(loss.detach()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(steps):
+            loss = loss_fn(F.normalize(x, dim=1), labels, F.normalize(w, dim=1), temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append(float(loss.detach()))
+    finally:
+        torch.set_num_threads(threads)
     return {"features": F.normalize(x.detach(), dim=1), "labels": labels,
             "centers": F.normalize(w.detach(), dim=1), "loss": torch.tensor(history)}
 
@@ -98,10 +108,13 @@ def nearest_class_angle(features: Tensor, labels: Tensor) -> Tensor:
 
 def plot_sphere(ax, features: Tensor, labels: Tensor, *, centers: Tensor | None = None,
                 names: Sequence[str] | None = None, title: str | None = None,
-                colors: Sequence[str] | None = None):
+                colors: Sequence[str] | None = None, arcs_from: int | None = None):
     """Points of a 3-D embedding on a wire-frame unit sphere, one colour per class; the
     smallest class is drawn with larger markers. ``ax`` must be a 3-D Axes
-    (``fig.add_subplot(projection="3d")``)."""
+    (``fig.add_subplot(projection="3d")``).
+
+    ``arcs_from=k`` also draws the great-circle arcs from class ``k``'s mean direction to every
+    other class's, each labelled with its angle in degrees (:func:`class_mean_angles`)."""
     if features.shape[1] != 3:
         raise ConfigError(f"plot_sphere draws 3-D features, got dimension {features.shape[1]}")
     u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 25), np.linspace(0, np.pi, 13))
@@ -116,13 +129,32 @@ def plot_sphere(ax, features: Tensor, labels: Tensor, *, centers: Tensor | None 
         pts = z[(labels == k).numpy()]
         rare = int(counts[k]) == int(counts.min()) and int(counts.min()) < int(counts.max())
         label = (names[k] if names is not None else f"class {k}") + f" (n={int(counts[k])})"
-        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=70 if rare else 14, color=colors[k],
+        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=80 if rare else 30, color=colors[k],
                    edgecolor="black" if rare else "none", linewidth=0.8, label=label,
                    depthshade=False)
         if centers is not None:
             c = centers[k].detach().cpu().numpy()
             ax.scatter([c[0]], [c[1]], [c[2]], marker="*", s=160, color=colors[k],
                        edgecolor="black", linewidth=0.6, depthshade=False)
+    if arcs_from is not None:
+        means = F.normalize(torch.stack([features[labels == k].mean(0) for k in range(num)]),
+                            dim=1).double()
+        angles = class_mean_angles(features, labels)
+        a = means[arcs_from]
+        for k in range(num):
+            if k == arcs_from or not bool(torch.isfinite(angles[arcs_from, k])):
+                continue
+            theta = math.radians(float(angles[arcs_from, k]))
+            if theta < 1e-3:
+                continue
+            b = means[k]
+            # slerp between the two unit vectors, slightly outside the sphere to stay visible
+            t = torch.linspace(0, 1, 40, dtype=torch.float64)[:, None]
+            arc = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / math.sin(theta)
+            arc = (1.03 * arc).numpy()
+            ax.plot(arc[:, 0], arc[:, 1], arc[:, 2], color="black", lw=1.0)
+            mid = arc[len(arc) // 2] * 1.08
+            ax.text(mid[0], mid[1], mid[2], f"{math.degrees(theta):.0f}", fontsize=8)
     ax.set_box_aspect((1, 1, 1))
     ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xticks=[], yticks=[], zticks=[])
     if title:
@@ -131,7 +163,7 @@ def plot_sphere(ax, features: Tensor, labels: Tensor, *, centers: Tensor | None 
 
 
 def sphere_explorer(counts: Sequence[int], losses: Mapping[str, SphereLoss], *,
-                    temperatures: Sequence[float] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+                    temperatures: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0),
                     steps: int = 500, seed: int = 0):
     """An explorer: a temperature slider and a choice of loss, redrawing the optimised toy
     sphere (:func:`optimise_on_sphere`) with the angle from each class to its nearest
@@ -159,6 +191,7 @@ def sphere_explorer(counts: Sequence[int], losses: Mapping[str, SphereLoss], *,
             fig = plt.figure(figsize=(5.5, 5.2))
             ax = fig.add_subplot(projection="3d")
             plot_sphere(ax, res["features"], res["labels"],
+                        arcs_from=int(torch.tensor(list(counts)).argmin()),
                         title=f"{which.value}, tau = {tau.value}: nearest-class angle "
                               + ", ".join(f"{a:.0f}" for a in angles.tolist()) + " deg")
             ax.legend(fontsize=7, loc="upper left")

@@ -64,8 +64,10 @@ def test_plot_sphere_and_explorer():
     res = we.optimise_on_sphere([4, 4, 1], balanced_supcon_loss, steps=5)
     fig = plt.figure()
     ax = fig.add_subplot(projection="3d")
-    we.plot_sphere(ax, res["features"], res["labels"], centers=res["centers"], title="t")
+    we.plot_sphere(ax, res["features"], res["labels"], centers=res["centers"], title="t",
+                   arcs_from=2)
     assert len(ax.collections) >= 7  # wire frame, 3 classes, 3 centres
+    assert len(ax.texts) == 2  # the arcs from class 2 to the two others, with their angles
     plt.close(fig)
     with pytest.raises(ConfigError):
         we.plot_sphere(ax, torch.zeros(3, 2), torch.zeros(3, dtype=torch.int64))
