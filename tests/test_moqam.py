@@ -317,7 +317,8 @@ def test_training_without_branches_and_with_empty_targets():
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
     model = tiny_model(aux_branches=("rpn", "roi", "atss"))
     losses = model.train()(images, empty)
-    assert "loss_cls_aux1_d0" in losses and all(torch.isfinite(v) for v in losses.values())
+    assert "loss_cls_aux1_d0" in losses and "loss_giou_dn_d1" in losses
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_encoder_checkpoint_gives_the_same_gradients():

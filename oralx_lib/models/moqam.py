@@ -397,6 +397,9 @@ class MOQAM(nn.Module):
                 terms = set_loss(logits[:, :n_dn], b[:, :n_dn], gt_labels, gt_boxes, dn.matches,
                                  num_positives=num_pos, valid=dn.valid, beta=self.qfl_beta)
                 self._store(losses, f"dn_d{i}", terms)
+            elif self.dn_number > 0:  # no GT in the batch: keep the keys, graph-connected
+                zero = b.sum() * 0.0
+                self._store(losses, f"dn_d{i}", {"cls": zero, "bbox": zero, "giou": zero})
         if self.branches is not None:
             losses.update(self._collaborative_losses(memory, shapes, ratios, mask, image_list,
                                                      targets, sizes))
