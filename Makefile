@@ -37,7 +37,8 @@ student: data
 	$(BIN)/python -m oralx_lib.student --out _build/student
 
 test: data
-	$(BIN)/python -m pytest tests --nbmake book --nbmake-timeout=$(NB_TIMEOUT) -p no:cacheprovider
+	$(BIN)/python -m pytest tests --nbmake $$($(BIN)/python -m oralx_lib.notebooks toc) \
+		--nbmake-timeout=$(NB_TIMEOUT) -p no:cacheprovider
 
 test-fast: data
 	$(BIN)/python -m pytest tests -m "not slow"

@@ -1,6 +1,7 @@
 """Notebook housekeeping: ``python -m oralx_lib.notebooks strip book/`` removes outputs and
 execution counts (notebooks are committed without outputs; the book build executes them) and
-sets the ``python3`` kernel every chapter runs on. ``check`` exits 1 if a notebook has outputs."""
+sets the ``python3`` kernel every chapter runs on. ``check`` exits 1 if a notebook has outputs.
+``toc`` prints the notebooks that ``_toc.yml`` lists (what ``make test`` executes)."""
 
 from __future__ import annotations
 
@@ -48,11 +49,26 @@ def strip(nb: nbformat.NotebookNode) -> bool:
     return changed
 
 
+def toc_notebooks(toc_path: str | Path = "_toc.yml") -> list[Path]:
+    """The ``.ipynb`` chapters listed in a Jupyter Book ``_toc.yml``, in reading order."""
+    import yaml
+
+    toc_path = Path(toc_path)
+    toc = yaml.safe_load(toc_path.read_text())
+    entries = [toc["root"]] + [c["file"] for part in toc.get("parts", [])
+                               for c in part.get("chapters", [])]
+    return [toc_path.parent / f"{e}.ipynb" for e in entries
+            if (toc_path.parent / f"{e}.ipynb").is_file()]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oralx_lib.notebooks", description=__doc__)
-    parser.add_argument("command", choices=["strip", "check"])
-    parser.add_argument("paths", nargs="+")
+    parser.add_argument("command", choices=["strip", "check", "toc"])
+    parser.add_argument("paths", nargs="*")
     args = parser.parse_args(argv)
+    if args.command == "toc":  # the chapters the book build (and `make test`) executes
+        print(" ".join(str(p) for p in toc_notebooks(args.paths[0] if args.paths else "_toc.yml")))
+        return 0
     dirty = []
     for path in notebooks(args.paths):
         nb = nbformat.read(path, as_version=4)
