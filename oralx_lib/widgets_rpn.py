@@ -285,6 +285,47 @@ def proposal_table(model, dataset, *, indices: Sequence[int] | None = None,
     return out
 
 
+@torch.no_grad()
+def proposal_sizes(model, dataset, *, indices: Sequence[int] | None = None,
+                   collapse_ratio: float = 4.0) -> dict:
+    """Compare the sizes of a trained RPN's proposals with those of the ground truth.
+
+    A short or unstable training can make the RPN's box regression collapse (every proposal a
+    sliver far smaller than any object); recall and AP are then near 0 for that reason alone.
+
+    Args:
+        model: a two-stage detector; dataset: an :class:`~oralx_lib.data.OralXrays9`.
+        indices: items to look at (default: the first 8).
+        collapse_ratio: call it collapsed when the median proposal width or height is below the
+            median ground truth's divided by this.
+
+    Returns:
+        ``{"table": DataFrame (kind, w, h) in input pixels, "proposal_wh": (w, h) medians,
+        "gt_wh": (w, h) medians, "collapsed": bool}``.
+    """
+    _check_two_stage(model)
+    items = range(min(8, len(dataset))) if indices is None else indices
+    rows = []
+    was_training = model.training
+    model.eval()
+    try:
+        for i in items:
+            image, target = dataset[i]
+            view = network_view(model, image, target, keep_features=True)
+            props = model.rpn(view.image_list, view.features)[0][0].cpu()
+            for kind, boxes in (("proposal", props), ("ground truth", view.boxes)):
+                rows.append(pd.DataFrame({"kind": kind, "w": (boxes[:, 2] - boxes[:, 0]).numpy(),
+                                          "h": (boxes[:, 3] - boxes[:, 1]).numpy()}))
+    finally:
+        model.train(was_training)
+    table = pd.concat(rows, ignore_index=True)
+    medians = table.groupby("kind")[["w", "h"]].median()
+    prop = tuple(float(v) for v in medians.loc["proposal"]) if "proposal" in medians.index else (0.0, 0.0)
+    gt = tuple(float(v) for v in medians.loc["ground truth"]) if "ground truth" in medians.index else (0.0, 0.0)
+    collapsed = any(p < g / collapse_ratio for p, g in zip(prop, gt))
+    return {"table": table, "proposal_wh": prop, "gt_wh": gt, "collapsed": collapsed}
+
+
 def size_bin_labels(bins: Sequence[float] = SIZE_BINS) -> list[str]:
     """``["< 8", "8-12", ..., ">= 64"]`` for the size bins ``bins``."""
     labels = []
@@ -624,6 +665,7 @@ __all__ = [
     "network_view",
     "plot_recall",
     "positives_per_gt",
+    "proposal_sizes",
     "proposal_table",
     "recall_by",
     "rule_thresholds",

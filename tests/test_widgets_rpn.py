@@ -200,3 +200,31 @@ def test_threshold_explorer_builds(tiny_set, model):
     box = wr.threshold_explorer(view.anchors, width=6)
     assert type(box).__name__ == "VBox"
     plt.close("all")
+
+
+class _TinyProposals(nn.Module):
+    """An RPN stand-in whose proposals are 0.5 x 0.2 px slivers (a collapsed regression)."""
+
+    def __init__(self, anchor_generator):
+        super().__init__()
+        self.anchor_generator = anchor_generator
+
+    def forward(self, images, features):
+        return [torch.tensor([[10.0, 10.0, 10.5, 10.2], [20.0, 20.0, 20.5, 20.2]])], {}
+
+
+def test_proposal_sizes_detects_a_collapsed_regression(tiny_set, model):
+    real_rpn = model.rpn
+    try:
+        model.rpn = _ProposalsFromTargets([tiny_set[i][1]["boxes"] * 0.5 for i in range(len(tiny_set))],
+                                          0.0, real_rpn.anchor_generator)
+        healthy = wr.proposal_sizes(model, tiny_set)
+        model.rpn = _TinyProposals(real_rpn.anchor_generator)
+        collapsed = wr.proposal_sizes(model, tiny_set, indices=[0])
+    finally:
+        model.rpn = real_rpn
+    assert not healthy["collapsed"]
+    assert healthy["proposal_wh"] == pytest.approx(healthy["gt_wh"])
+    assert collapsed["collapsed"]
+    assert collapsed["proposal_wh"] == pytest.approx((0.5, 0.2), rel=1e-4)
+    assert set(collapsed["table"]["kind"]) == {"proposal", "ground truth"}
