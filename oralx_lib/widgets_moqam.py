@@ -507,7 +507,7 @@ def plot_family_history(frame: pd.DataFrame, ax=None, *, smooth: int = 1,
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="loss (log scale)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(title or "training loss by family", fontsize=10)
     return ax
 
@@ -669,9 +669,9 @@ def draw_sampling_points(ax, inspection: QueryInspection, queries: Sequence[int]
 
 _BRANCH_TITLES = {
     "rpn": "RPN positive anchors (DI-RPN)",
-    "roi": "RoI head positive proposals -> aux0 queries",
-    "atss": "ATSS positive anchors -> aux1 queries",
-    "matched": "one-to-one: Hungarian-matched queries",
+    "roi": "RoI head positives (aux0 queries)",
+    "atss": "ATSS positives (aux1 queries)",
+    "matched": "Hungarian-matched queries",
 }
 
 
@@ -695,9 +695,11 @@ def draw_positives(axes, image: Tensor, view: CollaborativeView, *,
             b, k = b[pick], k[pick]
         for box, gi in zip(b.tolist(), k.tolist()):
             color = CLASS_COLORS[CLASSES[int(view.gt_labels[gi]) - 1]]
+            matched = name == "matched"
             ax.add_patch(plt.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1],
-                                       fill=False, edgecolor=color, linewidth=0.8, alpha=0.8,
-                                       linestyle="--" if name == "matched" else "-"))
+                                       fill=False, edgecolor=color, alpha=0.9,
+                                       linewidth=1.6 if matched else 0.8,
+                                       linestyle="--" if matched else "-"))
         for gi in keep.tolist():
             x1, y1, x2, y2 = view.gt_boxes[gi].tolist()
             color = CLASS_COLORS[CLASSES[int(view.gt_labels[gi]) - 1]]

@@ -9,7 +9,7 @@ import torch
 from oralx_lib import selfcheck
 from oralx_lib.selfcheck import moqam
 
-# ------------------------------------------------------------------ right answers, from the formulas
+# ------------------------------------------------------------------ right answers (formulas)
 
 
 def _xyxy(b):

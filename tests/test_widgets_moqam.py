@@ -29,7 +29,8 @@ def model():
 def sample():
     g = torch.Generator().manual_seed(1)
     image = torch.rand(3, 150, 260, generator=g)
-    target = {"boxes": torch.tensor([[20.0, 30, 70, 90], [150, 40, 240, 120], [100, 100, 118, 116]]),
+    target = {"boxes": torch.tensor([[20.0, 30, 70, 90], [150, 40, 240, 120],
+                                     [100, 100, 118, 116]]),
               "labels": torch.tensor([1, 9, 3])}
     return image, target
 

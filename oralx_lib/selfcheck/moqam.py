@@ -50,7 +50,8 @@ def _cost_variants(logits: Tensor, boxes: Tensor, gt_labels: Tensor, gt_boxes: T
     l1 = torch.cdist(boxes.double(), gt_boxes.double(), p=1)
     giou = generalized_box_iou(xyxy, gt_xyxy)
     soft = logits.double().softmax(-1)[:, gt_labels]
-    sf = 0.25 * (1 - soft) ** 2 * (-(soft + eps).log()) - 0.75 * soft ** 2 * (-(1 - soft + eps).log())
+    sf = (0.25 * (1 - soft) ** 2 * (-(soft + eps).log())
+          - 0.75 * soft ** 2 * (-(1 - soft + eps).log()))
     return [
         (2 * -p + 5 * l1 - 2 * giou,
          "MOQAM (like DINO) uses the focal class cost "
