@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.oralx-installed
 DATA   := data/synthetic
-NB_TIMEOUT ?= 1800
+NB_TIMEOUT ?= 600
 
 .PHONY: setup data book test test-fast student strip bench clean help
 
@@ -38,7 +38,7 @@ student: data
 
 test: data
 	$(BIN)/python -m pytest tests --nbmake $$($(BIN)/python -m oralx_lib.notebooks toc) \
-		--nbmake-timeout=$(NB_TIMEOUT) -p no:cacheprovider
+		--nbmake-timeout=$(NB_TIMEOUT) --reruns 1 -p no:cacheprovider
 
 test-fast: data
 	$(BIN)/python -m pytest tests -m "not slow"
