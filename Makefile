@@ -29,12 +29,13 @@ setup: $(STAMP)
 data: setup
 	$(BIN)/python -c "from oralx_lib.data import ensure_synthetic; print('dataset:', ensure_synthetic('$(DATA)'))"
 
+# oralx_lib.bookbuild executes the chapters (cached in _build/stage, restarted if a kernel
+# stalls) and renders them with Jupyter Book (`jupyter-book build .` by hand works too).
 book: data
-	$(BIN)/jupyter-book build . --builder html --keep-going
-	@echo "site: _build/html/index.html"
+	$(BIN)/python -m oralx_lib.bookbuild
 
 student: data
-	$(BIN)/python -m oralx_lib.student --out _build/student
+	$(BIN)/python -m oralx_lib.bookbuild --student
 
 test: data
 	$(BIN)/python -m pytest tests --nbmake $$($(BIN)/python -m oralx_lib.notebooks toc) \

@@ -1,0 +1,375 @@
+"""Build the book: execute the chapters (cached, watched), then render them with Jupyter Book.
+
+``python -m oralx_lib.bookbuild`` is what ``make book`` runs; ``--student`` builds the student
+edition from the same executed notebooks (``make student``).
+
+Why not let Jupyter Book execute the notebooks itself
+------------------------------------------------------
+``jupyter-book build .`` with ``execute_notebooks: cache`` works (``_config.yml`` keeps that
+setting for anyone who runs it by hand), but on a loaded machine a kernel/client pair can stop
+talking: the kernel sits idle, the client waits for a reply that never comes, and the build
+hangs until the cell timeout (25 minutes) fails it. This builder runs each chapter with nbclient
+in a child process and watches the CPU time of that process tree: a chapter whose processes use
+(almost) no CPU for ``--stall`` seconds is stopped and run again (``--retries``). A chapter that
+raises is reported with its cell and the build fails; nothing is hidden.
+
+Steps
+-----
+1. For each notebook ``_toc.yml`` lists: if ``STAGE/<path>`` holds an executed copy whose key
+   matches, reuse it; else execute it (working folder: the notebook's own folder, as Jupyter Book
+   does) and store it with its key. The key hashes the notebook's cells, every ``oralx_lib``
+   source file, the dataset's annotation files and the profile variables, so a rebuild with no
+   change executes nothing (seconds), and a change to the library re-executes every chapter.
+2. Copy the other book sources (``book/``'s markdown, bibliography, pictures) into ``STAGE`` and
+   write ``STAGE/_config.yml``: the root's configuration with ``execute_notebooks: "off"``.
+3. ``jupyter-book build STAGE --path-output ROOT`` writes the site to ``ROOT/_build/html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from . import notebooks as _notebooks
+from .paths import ConfigError, default_data_root, repo_root
+
+#: Environment variables that change what a chapter computes (part of the cache key).
+KEY_ENV = ("ORALX_PROFILE", "ORALX_DATA", "ORALX_RUNS")
+STAGE = Path("_build") / "stage"
+KEY_FIELD = "oralx_build_key"
+
+
+class BookBuildError(RuntimeError):
+    """A chapter failed to execute, or the Jupyter Book build failed."""
+
+
+# --------------------------------------------------------------------------- keys
+
+def _hash_files(h, files, base: Path) -> None:
+    for f in sorted(files):
+        h.update(Path(f).relative_to(base).as_posix().encode())
+        h.update(Path(f).read_bytes())
+
+
+def environment_key(root: Path) -> str:
+    """What every chapter depends on besides its own cells: the library's sources, the
+    dataset's annotation files (the synthetic set's are written deterministically from its
+    seed) and the profile variables."""
+    h = hashlib.sha256()
+    lib = Path(__file__).resolve().parent
+    _hash_files(h, lib.rglob("*.py"), lib)
+    data = default_data_root()
+    ann = data / "annotations"
+    if ann.is_dir():
+        _hash_files(h, ann.glob("*.json"), ann)
+    else:
+        h.update(f"no dataset at {data}".encode())
+    for name in KEY_ENV:
+        h.update(f"{name}={os.environ.get(name, '')}".encode())
+    return h.hexdigest()
+
+
+def notebook_key(path: Path, env_key: str) -> str:
+    """The cache key of one chapter: its cells' sources and types, plus ``env_key``."""
+    nb = nbformat.read(path, as_version=4)
+    h = hashlib.sha256(env_key.encode())
+    for cell in nb.cells:
+        h.update(cell.cell_type.encode())
+        h.update(cell.source.encode())
+    return h.hexdigest()
+
+
+def cached_key(path: Path) -> str | None:
+    """The key stored in an executed copy (``None`` if absent or unreadable)."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - a damaged copy is simply re-executed
+        return None
+    return nb.metadata.get(KEY_FIELD)
+
+
+# ---------------------------------------------------------------------- execution
+
+def execute_notebook(src: Path, dst: Path, *, key: str, cell_timeout: int) -> None:
+    """Execute ``src`` with nbclient (in this process) and write it to ``dst`` atomically.
+
+    Raises nbclient's ``CellExecutionError`` when a cell raises; ``dst`` is then not written.
+    """
+    from nbclient import NotebookClient
+    from tqdm.auto import tqdm
+
+    nb = nbformat.read(src, as_version=4)
+    code = sum(c.cell_type == "code" for c in nb.cells)
+    bar = tqdm(total=code, desc=src.stem, unit="cell", file=sys.stderr)
+
+    client = NotebookClient(
+        nb, timeout=cell_timeout, kernel_name="python3", allow_errors=False,
+        resources={"metadata": {"path": str(src.parent)}},
+        # ipykernel's capture of the file descriptors is a thread that reads fd 1/2; the site
+        # keeps only what Python prints, and one thread fewer leaves less to go wrong.
+        extra_arguments=["--IPKernelApp.capture_fd_output=False"],
+        on_cell_executed=lambda **kw: bar.update(kw["cell"].cell_type == "code"),
+    )
+    client.execute()
+    bar.close()
+    nb.metadata[KEY_FIELD] = key
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".ipynb.tmp")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, dst)
+
+
+def _tree_cpu(proc) -> float:
+    import psutil
+
+    total = 0.0
+    try:
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _kill_tree(proc) -> None:
+    import psutil
+
+    try:
+        procs = proc.children(recursive=True) + [proc]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def run_watched(src: Path, dst: Path, *, key: str, cell_timeout: int, stall: float,
+                retries: int) -> float:
+    """Execute ``src`` into ``dst`` in a child process, restarting it when its process tree
+    stalls (less than 1% of a core for ``stall`` seconds); return the seconds it took.
+
+    Raises:
+        BookBuildError: the chapter raised (its traceback is above), or it stalled on every try.
+    """
+    import psutil
+
+    cmd = [sys.executable, "-m", "oralx_lib.bookbuild", "--execute-one", str(src), str(dst),
+           "--key", key, "--cell-timeout", str(cell_timeout)]
+    for attempt in range(retries + 1):
+        start = time.monotonic()
+        child = subprocess.Popen(cmd)
+        proc = psutil.Process(child.pid)
+        last_cpu, last_time = _tree_cpu(proc), time.monotonic()
+        stalled = False
+        while child.poll() is None:
+            time.sleep(5)
+            cpu, now = _tree_cpu(proc), time.monotonic()
+            if cpu - last_cpu > 0.01 * (now - last_time) or cpu < last_cpu:
+                last_cpu, last_time = cpu, now
+            elif now - last_time > stall:
+                stalled = True
+                _kill_tree(proc)
+                break
+        child.wait()
+        took = time.monotonic() - start
+        if not stalled and child.returncode == 0:
+            return took
+        if not stalled:
+            raise BookBuildError(f"{src}: a cell failed (exit {child.returncode}); the cell and "
+                                 "its traceback are printed above. Fix the chapter and rebuild.")
+        print(f"{src}: no progress for {stall:.0f} s (kernel and client idle); "
+              f"restarting it (try {attempt + 2} of {retries + 1})", file=sys.stderr, flush=True)
+    raise BookBuildError(f"{src}: stalled on all {retries + 1} tries; run it by hand with "
+                         f"`jupyter nbconvert --execute {src}` to see where it stops.")
+
+
+# ---------------------------------------------------------------------------- stage
+
+def stage_sources(root: Path, stage: Path, *, student: bool = False) -> Path:
+    """Copy the book's sources other than the executed notebooks into ``stage`` and write its
+    ``_config.yml`` (execution off; the student edition's settings with ``student``)."""
+    config_path = root / "_config.yml"
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: missing; run from the repository root or pass --root.")
+    config = yaml.safe_load(config_path.read_text(encoding="utf8")) or {}
+    if student:
+        from .student import student_config
+
+        config = student_config(config, cache=None)
+    execute = config.setdefault("execute", {}) or {}
+    config["execute"] = execute
+    execute["execute_notebooks"] = "off"
+    stage.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config, sort_keys=False)
+    _write_if_changed(stage / "_config.yml", text.encode())
+    _write_if_changed(stage / "_toc.yml", (root / "_toc.yml").read_bytes())
+    for src in (root / "book").rglob("*"):
+        if src.is_file() and src.suffix != ".ipynb" and ".ipynb_checkpoints" not in src.parts:
+            _write_if_changed(stage / src.relative_to(root), src.read_bytes())
+    return stage
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    # unchanged files keep their modification time, so Sphinx rebuilds only what changed
+    if path.is_file() and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def execute_chapters(root: Path, stage: Path, *, cell_timeout: int, stall: float,
+                     retries: int, keep_going: bool = True) -> dict[str, str]:
+    """Execute (or reuse) every notebook ``_toc.yml`` lists into ``stage``; return
+    ``{notebook: "cached" | "N s" | "failed"}`` and raise :class:`BookBuildError` if any failed."""
+    env_key = environment_key(root)
+    report: dict[str, str] = {}
+    failures = []
+    for src in _notebooks.toc_notebooks(root / "_toc.yml"):
+        rel = src.relative_to(root)
+        dst = stage / rel
+        key = notebook_key(src, env_key)
+        if cached_key(dst) == key:
+            report[str(rel)] = "cached"
+            continue
+        print(f"executing {rel}", flush=True)
+        try:
+            took = run_watched(src, dst, key=key, cell_timeout=cell_timeout, stall=stall,
+                               retries=retries)
+        except BookBuildError as exc:
+            report[str(rel)] = "failed"
+            failures.append(str(exc))
+            if dst.exists():
+                dst.unlink()  # never render a stale copy of a failing chapter
+            if not keep_going:
+                break
+            continue
+        report[str(rel)] = f"{took:.0f} s"
+        print(f"{rel}: executed in {took:.0f} s", flush=True)
+    if failures:
+        raise BookBuildError("\n".join(failures))
+    return report
+
+
+def _jupyter_book() -> str:
+    local = Path(sys.executable).parent / "jupyter-book"
+    found = str(local) if local.is_file() else shutil.which("jupyter-book")
+    if found is None:
+        raise ConfigError("the jupyter-book command was not found; install the book tools: "
+                          "pip install -e '.[book]' (or run make book, which does it).")
+    return found
+
+
+def render(stage: Path, out_parent: Path, *, warnings_as_errors: bool = False) -> Path:
+    """``jupyter-book build STAGE --path-output OUT_PARENT``; return the html folder."""
+    cmd = [_jupyter_book(), "build", str(stage), "--path-output", str(out_parent),
+           "--builder", "html", "--keep-going"]
+    if warnings_as_errors:
+        cmd.append("-W")
+    result = subprocess.run(cmd, check=False)
+    html = out_parent / "_build" / "html"
+    if result.returncode != 0 or not (html / "index.html").is_file():
+        raise BookBuildError(f"jupyter-book build failed (exit {result.returncode}); its "
+                             "messages are above.")
+    return html
+
+
+def build(root: Path | None = None, *, student: bool = False, cell_timeout: int = 1500,
+          stall: float = 180.0, retries: int = 2, warnings_as_errors: bool = False) -> Path:
+    """Execute the chapters (cached) and render the site; return the html folder.
+
+    The main site goes to ``ROOT/_build/html``. With ``student``, the student edition goes to
+    ``ROOT/_build/student/html`` (solutions removed, see :mod:`oralx_lib.student`) and the
+    solution-free notebooks to ``ROOT/_build/student/notebooks``.
+    """
+    root = (root or repo_root() or Path.cwd()).resolve()
+    stage = root / STAGE
+    t0 = time.monotonic()
+    report = execute_chapters(root, stage, cell_timeout=cell_timeout, stall=stall,
+                              retries=retries)
+    (root / "_build").mkdir(exist_ok=True)
+    (root / "_build" / "execution.json").write_text(json.dumps(report, indent=1))
+    if student:
+        from .student import write_student_notebooks
+
+        out = root / "_build" / "student"
+        student_stage = root / "_build" / "stage-student"
+        stage_sources(root, student_stage, student=True)
+        for nb in stage.rglob("*.ipynb"):
+            _write_if_changed(student_stage / nb.relative_to(stage), nb.read_bytes())
+        html = render(student_stage, out, warnings_as_errors=warnings_as_errors)
+        final = out / "html"
+        if html != final:
+            if final.exists():
+                shutil.rmtree(final)
+            shutil.move(str(html), final)
+        written = write_student_notebooks(root / "book", out / "notebooks")
+        print(f"{len(written)} solution-free notebooks in {out / 'notebooks'}")
+        html = final
+    else:
+        stage_sources(root, stage)
+        html = render(stage, root, warnings_as_errors=warnings_as_errors)
+    print("chapters: " + ", ".join(f"{k} ({v})" for k, v in report.items()))
+    print(f"site: {html / 'index.html'} ({time.monotonic() - t0:.0f} s)")
+    return html
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m oralx_lib.bookbuild",
+        description="Execute the book's chapters (cached, restarted when a kernel stalls) and "
+                    "build the site to _build/html (--student: _build/student).")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="repository root, the folder of _config.yml (default: this checkout)")
+    parser.add_argument("--student", action="store_true",
+                        help="build the student edition (solutions hidden) to _build/student")
+    parser.add_argument("--cell-timeout", type=int, default=1500,
+                        help="seconds one cell may run (default 1500)")
+    parser.add_argument("--stall", type=float, default=180.0,
+                        help="restart a chapter whose processes use no CPU for this many seconds")
+    parser.add_argument("--retries", type=int, default=2, help="restarts after a stall")
+    parser.add_argument("-W", dest="warnings_as_errors", action="store_true",
+                        help="turn Sphinx warnings into errors")
+    parser.add_argument("--execute-one", nargs=2, metavar=("SRC", "DST"), type=Path,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--key", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.execute_one:
+        src, dst = args.execute_one
+        from nbclient.exceptions import CellExecutionError
+
+        try:
+            execute_notebook(src, dst, key=args.key, cell_timeout=args.cell_timeout)
+        except CellExecutionError as exc:
+            print(f"{src}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    try:
+        build(args.root, student=args.student, cell_timeout=args.cell_timeout,
+              stall=args.stall, retries=args.retries,
+              warnings_as_errors=args.warnings_as_errors)
+    except (BookBuildError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The book builder: cache keys, the staged configuration, and the stall watchdog."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+import yaml
+
+from oralx_lib import bookbuild
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_notebook_key_follows_cells_and_environment(tmp_path):
+    a = _notebook(tmp_path / "a.ipynb", "x = 1", "print(x)")
+    key = bookbuild.notebook_key(a, "env")
+    assert bookbuild.notebook_key(a, "env") == key
+    assert bookbuild.notebook_key(a, "other env") != key
+    _notebook(a, "x = 2", "print(x)")
+    assert bookbuild.notebook_key(a, "env") != key
+
+
+def test_environment_key_follows_the_profile(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORALX_DATA", str(tmp_path))
+    monkeypatch.setenv("ORALX_PROFILE", "fast")
+    fast = bookbuild.environment_key(tmp_path)
+    monkeypatch.setenv("ORALX_PROFILE", "full")
+    assert bookbuild.environment_key(tmp_path) != fast
+
+
+def test_cached_key_of_missing_or_damaged_copies(tmp_path):
+    assert bookbuild.cached_key(tmp_path / "missing.ipynb") is None
+    (tmp_path / "bad.ipynb").write_text("{not json")
+    assert bookbuild.cached_key(tmp_path / "bad.ipynb") is None
+
+
+def _book(root):
+    (root / "book").mkdir(parents=True)
+    (root / "_config.yml").write_text(yaml.safe_dump(
+        {"title": "T", "execute": {"execute_notebooks": "cache", "timeout": 10},
+         "sphinx": {"extra_extensions": ["sphinx_exercise"]}}))
+    (root / "_toc.yml").write_text(yaml.safe_dump(
+        {"format": "jb-book", "root": "book/intro",
+         "parts": [{"caption": "C", "chapters": [{"file": "book/ch"}]}]}))
+    (root / "book" / "intro.md").write_text("# Intro\n")
+    (root / "book" / "refs.bib").write_text("")
+    return root
+
+
+def test_stage_sources_turns_execution_off(tmp_path):
+    root = _book(tmp_path / "root")
+    stage = bookbuild.stage_sources(root, tmp_path / "stage")
+    config = yaml.safe_load((stage / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"
+    assert config["execute"]["timeout"] == 10
+    assert (stage / "book" / "intro.md").read_text() == "# Intro\n"
+    assert (stage / "book" / "refs.bib").is_file()
+    student = bookbuild.stage_sources(root, tmp_path / "student", student=True)
+    config = yaml.safe_load((student / "_config.yml").read_text())
+    assert config["sphinx"]["config"]["hide_solutions"] is True
+    assert "oralx_lib.student" in config["sphinx"]["extra_extensions"]
+    assert config["execute"]["execute_notebooks"] == "off"
+
+
+def test_stage_sources_without_config(tmp_path):
+    with pytest.raises(bookbuild.ConfigError, match="_config.yml"):
+        bookbuild.stage_sources(tmp_path, tmp_path / "stage")
+
+
+@pytest.mark.slow
+def test_execute_chapters_executes_once_then_reuses(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORALX_DATA", str(tmp_path / "no-data"))
+    root = _book(tmp_path / "root")
+    _notebook(root / "book" / "ch.ipynb", "import os\nprint(os.getcwd())", "6 * 7")
+    stage = tmp_path / "stage"
+    report = bookbuild.execute_chapters(root, stage, cell_timeout=60, stall=60, retries=0)
+    assert report["book/ch.ipynb"].endswith(" s")
+    done = nbformat.read(stage / "book" / "ch.ipynb", as_version=4)
+    assert done.cells[0].outputs[0]["text"].strip() == str(root / "book")  # runs in its folder
+    assert done.cells[1].outputs[0]["data"]["text/plain"] == "42"
+    again = bookbuild.execute_chapters(root, stage, cell_timeout=60, stall=60, retries=0)
+    assert again == {"book/ch.ipynb": "cached"}
+
+
+@pytest.mark.slow
+def test_a_failing_cell_fails_the_build_and_leaves_no_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORALX_DATA", str(tmp_path / "no-data"))
+    root = _book(tmp_path / "root")
+    _notebook(root / "book" / "ch.ipynb", "raise ValueError('broken chapter')")
+    with pytest.raises(bookbuild.BookBuildError, match="ch.ipynb: a cell failed"):
+        bookbuild.execute_chapters(root, tmp_path / "stage", cell_timeout=60, stall=60,
+                                   retries=0)
+    assert not (tmp_path / "stage" / "book" / "ch.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_a_stalled_chapter_is_restarted_then_reported(tmp_path, capfd):
+    # a cell that sleeps looks, to the watchdog, exactly like a lost kernel reply: no CPU used
+    src = _notebook(tmp_path / "sleepy.ipynb", "import time\ntime.sleep(600)")
+    with pytest.raises(bookbuild.BookBuildError, match="stalled on all 2 tries"):
+        bookbuild.run_watched(src, tmp_path / "out.ipynb", key="k", cell_timeout=600,
+                              stall=6, retries=1)
+    assert "restarting it (try 2 of 2)" in capfd.readouterr().err
+    assert not (tmp_path / "out.ipynb").exists()
