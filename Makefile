@@ -39,7 +39,7 @@ student: data
 
 test: data
 	$(BIN)/python -m pytest tests --nbmake $$($(BIN)/python -m oralx_lib.notebooks toc) \
-		--nbmake-timeout=$(NB_TIMEOUT) --reruns 1 -p no:cacheprovider
+		--nbmake-timeout=$(NB_TIMEOUT) --reruns 1 -p no:cacheprovider -p oralx_lib.kernelclient
 
 test-fast: data
 	$(BIN)/python -m pytest tests -m "not slow"

@@ -8,10 +8,12 @@ Why not let Jupyter Book execute the notebooks itself
 ``jupyter-book build .`` with ``execute_notebooks: cache`` works (``_config.yml`` keeps that
 setting for anyone who runs it by hand), but on a loaded machine a kernel/client pair can stop
 talking: the kernel sits idle, the client waits for a reply that never comes, and the build
-hangs until the cell timeout (25 minutes) fails it. This builder runs each chapter with nbclient
-in a child process and watches the CPU time of that process tree: a chapter whose processes use
-(almost) no CPU for ``--stall`` seconds is stopped and run again (``--retries``). A chapter that
-raises is reported with its cell and the build fails; nothing is hidden.
+hangs until the cell timeout (25 minutes). :mod:`oralx_lib.kernelclient` explains the cause (a
+missed wake-up in the client's wait) and removes it. As a second line of defence this builder
+runs each chapter with nbclient in a child process and watches the CPU time of that process
+tree: a chapter whose processes use (almost) no CPU for ``--stall`` seconds is stopped and run
+again (``--retries``). A chapter that raises is reported with its cell and the build fails;
+nothing is hidden.
 
 Steps
 -----
@@ -107,6 +109,10 @@ def execute_notebook(src: Path, dst: Path, *, key: str, cell_timeout: int) -> No
     """
     from nbclient import NotebookClient
     from tqdm.auto import tqdm
+
+    from .kernelclient import install
+
+    install()  # waits on the kernel's sockets in slices: a missed wake-up costs a second
 
     nb = nbformat.read(src, as_version=4)
     code = sum(c.cell_type == "code" for c in nb.cells)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import nbformat
 import pytest
 import yaml
@@ -109,3 +111,44 @@ def test_a_stalled_chapter_is_restarted_then_reported(tmp_path, capfd):
                               stall=6, retries=1)
     assert "restarting it (try 2 of 2)" in capfd.readouterr().err
     assert not (tmp_path / "out.ipynb").exists()
+
+
+def test_kernelclient_waits_in_slices_until_the_callers_timeout(monkeypatch):
+    import asyncio
+    from queue import Empty
+
+    from oralx_lib import kernelclient
+
+    calls = []
+
+    async def fake_get_msg(self, timeout=None):
+        calls.append(timeout)
+        if len(calls) < 3:  # as if the first two polls missed the wake-up
+            raise Empty
+        return {"msg": "reply"}
+
+    monkeypatch.setattr(kernelclient, "_ORIGINAL", fake_get_msg)
+    monkeypatch.setattr(kernelclient, "SLICE", 0.01)
+    assert asyncio.run(kernelclient._sliced_get_msg(None, timeout=None)) == {"msg": "reply"}
+    assert calls == [0.01, 0.01, 0.01]
+
+    async def never(self, timeout=None):
+        await asyncio.sleep(timeout)
+        raise Empty
+
+    monkeypatch.setattr(kernelclient, "_ORIGINAL", never)
+    start = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(kernelclient._sliced_get_msg(None, timeout=0.05))
+    assert 0.04 < time.monotonic() - start < 1.0
+
+
+def test_kernelclient_install_is_idempotent():
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    from oralx_lib import kernelclient
+
+    kernelclient.install()
+    assert kernelclient.installed()
+    assert AsyncZMQSocketChannel.get_msg is kernelclient._sliced_get_msg
+    assert kernelclient.install() is False
