@@ -44,3 +44,21 @@ def test_every_notebook_installs_the_library_on_colab_only():
 def test_pyproject_keeps_ranges_for_torch():
     text = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'"torch>=[\d.]+,<[\d.]+"', text) and "torch==" not in text
+
+
+def test_every_citation_is_in_the_bibliography():
+    bib = (ROOT / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"^@\w+\{([^,\s]+),", bib, flags=re.M))
+    cited = {}
+    for path in sorted((ROOT / "book").glob("*")):
+        if path.suffix == ".ipynb":
+            text = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
+        elif path.suffix == ".md":
+            text = path.read_text()
+        else:
+            continue
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text):
+            for key in group.split(","):
+                cited.setdefault(key.strip(), path.name)
+    missing = {k: v for k, v in cited.items() if k not in keys}
+    assert cited and not missing, f"cited but not in book/references.bib: {missing}"
