@@ -274,17 +274,10 @@ def execute_chapters(root: Path, stage: Path, *, cell_timeout: int, stall: float
     return report
 
 
-def _jupyter_book() -> str:
-    local = Path(sys.executable).parent / "jupyter-book"
-    found = str(local) if local.is_file() else shutil.which("jupyter-book")
-    if found is None:
-        raise ConfigError("the jupyter-book command was not found; install the book tools: "
-                          "pip install -e '.[book]' (or run make book, which does it).")
-    return found
-
-
 def render(stage: Path, out_parent: Path, *, warnings_as_errors: bool = False) -> Path:
     """``jupyter-book build STAGE --path-output OUT_PARENT``; return the html folder."""
+    from .student import _jupyter_book
+
     cmd = [_jupyter_book(), "build", str(stage), "--path-output", str(out_parent),
            "--builder", "html", "--keep-going"]
     if warnings_as_errors:

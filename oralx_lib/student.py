@@ -238,7 +238,7 @@ def _jupyter_book() -> str:
     found = str(local) if local.is_file() else shutil.which("jupyter-book")
     if found is None:
         raise ConfigError("the jupyter-book command was not found; install the book tools: "
-                          "pip install -e '.[book]' (or run make student, which does it).")
+                          "pip install -e '.[book]' (or run make book, which does it).")
     return found
 
 
