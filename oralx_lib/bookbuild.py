@@ -43,7 +43,9 @@ import nbformat
 import yaml
 
 from . import notebooks as _notebooks
-from .paths import ConfigError, default_data_root, repo_root
+from .errors import ConfigError
+from .files import atomic_write
+from .paths import default_data_root, repo_root
 
 #: Environment variables that change what a chapter computes (part of the cache key).
 KEY_ENV = ("ORALX_PROFILE", "ORALX_DATA", "ORALX_RUNS")
@@ -130,9 +132,8 @@ def execute_notebook(src: Path, dst: Path, *, key: str, cell_timeout: int) -> No
     bar.close()
     nb.metadata[KEY_FIELD] = key
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, dst)
+    with atomic_write(dst, "w") as handle:
+        nbformat.write(nb, handle)
 
 
 def _tree_cpu(proc) -> float:

@@ -8,13 +8,15 @@ oralx_lib train ...`` trains on N processes.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError, OralXError
+from oralx_lib.profiles import engine_profile
 
 PROG = "python -m oralx_lib"
 
@@ -57,20 +59,9 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
 
 
 def project_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean "the user can fix this" (message, exit 2, no traceback)."""
-    from oralx_lib.engine.checkpoint import CheckpointError
-    from oralx_lib.engine.train import TrainingError
-    from oralx_lib.evaluation import EvaluationError
-
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError, TrainingError,
-                                         EvaluationError]
-    for module, name in (("oralx_lib.data", "DatasetError"),
-                         ("oralx_lib.data.download", "DownloadError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    """The exceptions that mean "the user can fix this" (message, exit 2, no traceback): every
+    :class:`~oralx_lib.errors.OralXError`."""
+    return (OralXError,)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,14 +93,8 @@ def parse_set(items: Sequence[str]) -> dict:
     return result
 
 
-def _default_profile() -> str:
-    from oralx_lib.paths import profile
-
-    return {"fast": "tiny"}.get(profile(), profile())
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from oralx_lib.engine.config import PROFILES
+    from oralx_lib.profiles import ENGINE_PROFILES as PROFILES
 
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -190,7 +175,7 @@ def cmd_train(args) -> int:
                          ("epochs", args.epochs), ("device", args.device)):
         if value is not None:
             overrides[field] = value
-    config = make_config(args.profile or _default_profile(), **overrides)
+    config = make_config(engine_profile(args.profile), **overrides)
     summary = train(config, progress=not args.no_progress, resume=args.resume)
     if _is_main_process():
         best = summary["best_AP"]
@@ -256,12 +241,7 @@ COMMANDS: dict[str, Callable] = {"train": cmd_train, "evaluate": cmd_evaluate,
 
 def _forward(name: str, argv: list[str]) -> int:
     module, function, _ = FORWARDED[name]
-    try:
-        entry = getattr(__import__(module, fromlist=[function]), function)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"`{name}` is not available in this installation ({module}.{function}: {exc})."
-        ) from None
+    entry = getattr(importlib.import_module(module), function)
     result = entry(argv)
     return int(result or 0)
 
@@ -269,9 +249,7 @@ def _forward(name: str, argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m oralx_lib`` and the ``oralx`` script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    errors: tuple[type[BaseException], ...] = (ConfigError,)
     try:
-        errors = project_errors()
         if argv and argv[0] in FORWARDED:
             return _forward(argv[0], argv[1:])
         parser = build_parser()
@@ -280,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return COMMANDS[args.command](args)
-    except errors as exc:
+    except project_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -37,6 +37,7 @@ from pycocotools.cocoeval import COCOeval
 from scipy.optimize import linear_sum_assignment
 
 from oralx_lib import CLASSES
+from oralx_lib.errors import EvaluationError
 
 #: Row / column names of :func:`confusion_matrix`: the nine classes, then background.
 CONFUSION_NAMES: tuple[str, ...] = (*CLASSES, "background")
@@ -45,8 +46,6 @@ CONFUSION_NAMES: tuple[str, ...] = (*CLASSES, "background")
 IOU_CHOICES = (0.5, 0.75, "0.5:0.95")
 
 
-class EvaluationError(ValueError):
-    """Ground truth or detections given to the evaluation are unusable (file, field, fix)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,31 +22,7 @@ from typing import Any
 import torch
 
 from . import paths
-
-#: What the book's fast profile changes in the engine's ``tiny`` profile: 48 steps of batch 2,
-#: a couple of CPU minutes per model, so that the whole book builds in under 30 minutes on two
-#: cores. That is enough to show every mechanism and the first learning, not enough for a
-#: useful detector: the chapters say so, and longer runs come from results files.
-#: The learning rate: over 48 steps from scratch, 1e-3 made the baseline's RPN box regression
-#: collapse (every proposal a sub-pixel sliver, AP 0); at 3e-4 its proposals keep the objects'
-#: order of size (median 6.9 x 9.1 px, recall@0.5 0.13) and DI-RPN's recall is 0.31.
-BOOK_FAST: dict[str, Any] = {
-    "epochs": 2,
-    "max_iters_per_epoch": 24,
-    "lr": 3e-4,
-    "backbone_lr_mult": 1.0,
-    "clip_grad_norm": 10.0,
-    "lr_milestones": [2],
-    "warmup_iters": 8,
-    "val_subset": 12,
-}
-
-
-def engine_profile(profile: str | None = None) -> str:
-    """``ORALX_PROFILE`` (``fast``/``full``) -> the engine's profile name (``tiny``/``full``)."""
-    profile = profile or paths.profile()
-    return {"fast": "tiny"}.get(profile, profile)
-
+from .profiles import BOOK_FAST, engine_profile
 
 @dataclass
 class Experiment:

@@ -1,22 +1,16 @@
-"""Where things live: the dataset root, the run profile, the repository root.
-
-Two environment variables steer every notebook and script:
+"""Where things live: the dataset root, the runs folder, the repository root.
 
 - ``ORALX_DATA``: a dataset root in the OralXrays-9 layout. Unset, the embedded synthetic set is
   used (``<repo>/data/synthetic`` in a source checkout, else ``~/.cache/oralx_book/synthetic``).
-- ``ORALX_PROFILE``: ``fast`` (default; CPU, minutes) or ``full`` (a GPU, the released recipe).
+- ``ORALX_RUNS``: where training runs go (default ``<repo>/runs``).
+
+The run profile (``ORALX_PROFILE``) is read by :func:`oralx_lib.profiles.book_profile`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-PROFILES = ("fast", "full")
-
-
-class ConfigError(ValueError):
-    """A setting the user chose (environment variable, CLI flag, config field) is invalid."""
 
 
 def repo_root() -> Path | None:
@@ -36,17 +30,6 @@ def default_data_root() -> Path:
     if root is not None:
         return root / "data" / "synthetic"
     return Path.home() / ".cache" / "oralx_book" / "synthetic"
-
-
-def profile() -> str:
-    """The run profile from ``$ORALX_PROFILE``: ``fast`` (default) or ``full``."""
-    value = os.environ.get("ORALX_PROFILE", "fast").strip().lower() or "fast"
-    if value not in PROFILES:
-        raise ConfigError(
-            f"ORALX_PROFILE={value!r} is not a profile; use one of {PROFILES} "
-            "(fast: CPU, minutes; full: a GPU, the released recipe)."
-        )
-    return value
 
 
 def is_colab() -> bool:

@@ -56,7 +56,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import notebooks as _notebooks
-from .paths import ConfigError, repo_root
+from .errors import ConfigError
+from .paths import repo_root
 
 #: The Sphinx extension module that the student build adds (this module, see :func:`setup`).
 EXTENSION = "oralx_lib.student"

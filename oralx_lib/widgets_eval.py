@@ -30,7 +30,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from . import CLASSES
-from .paths import ConfigError
+from .errors import ConfigError
 from .plots import CLASS_COLORS, draw_boxes
 
 #: ``loss_fn(features (N, D), labels (N,), centers (C, D), temperature) -> scalar``.

@@ -38,7 +38,7 @@ from torchvision.ops import box_convert, box_iou
 
 from . import CLASSES
 from .models.moqam_losses import hungarian_match
-from .paths import ConfigError
+from .errors import ConfigError
 from .plots import CLASS_COLORS, class_legend, draw_boxes
 
 __all__ = [

@@ -33,8 +33,8 @@ from torchvision.ops import box_area, box_iou
 from tqdm.auto import tqdm
 
 from . import CLASSES
-from .models.assigners import DynamicIoUAssigner, FixedIoUAssigner
-from .paths import ConfigError
+from .models import DynamicIoUAssigner, FixedIoUAssigner
+from .errors import ConfigError
 from .plots import CLASS_COLORS, SHORT_NAMES, to_numpy_image
 
 #: Colours of the three anchor labels in the figures.

@@ -7,7 +7,7 @@ import torch
 from torchvision.models.detection._utils import Matcher
 
 from oralx_lib.models import DynamicIoUAssigner, FixedIoUAssigner, safe_box_iou
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 
 def box(x1, y1, x2, y2):

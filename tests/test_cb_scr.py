@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from oralx_lib.models import CBSCR, balanced_supcon_loss
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 
 def naive_loss(z, y, c, tau):

@@ -10,7 +10,7 @@ from test_engine import FAST_MODEL, make_tiny_set
 
 from oralx_lib import CLASSES
 from oralx_lib.cli import FORWARDED, build_parser, main, parse_set
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 
 def test_parse_set_reads_json_values_and_model_overrides():

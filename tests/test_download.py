@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from oralx_lib import CLASSES
 from oralx_lib.data import download as dl
 from oralx_lib.data.dataset import DatasetError, OralXrays9
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 pyzipper = pytest.importorskip("pyzipper")
 

@@ -31,7 +31,7 @@ from oralx_lib.engine import (
 from oralx_lib.engine import checkpoint as checkpoint_module
 from oralx_lib.engine.train import EpochSampler, make_optimizer, make_scheduler
 from oralx_lib.evaluation import evaluate_coco
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 # The package exports the function ``train``, which hides the submodule of the same name.
 train_module = importlib.import_module("oralx_lib.engine.train")

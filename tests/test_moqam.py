@@ -20,7 +20,7 @@ from oralx_lib.models.moqam_denoising import (
     denoising_queries,
     group_attention_mask,
 )
-from oralx_lib.models.moqam_heads import atss_assign, build_collaborative_branches, centerness_targets
+from oralx_lib.models.moqam_branches import atss_assign, build_collaborative_branches, centerness_targets
 from oralx_lib.models.moqam_losses import (
     hungarian_match,
     inverse_sigmoid,
@@ -35,10 +35,11 @@ from oralx_lib.models.moqam_transformer import (
     sine_positional_encoding,
     valid_ratios,
 )
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
-SMALL_BRANCHES = dict(rpn_pre_nms_top_n=300, rpn_post_nms_top_n=100,
-                      roi_batch_size_per_image=64, representation_size=256)
+SMALL_BRANCHES = dict(rpn_pre_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+                      rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=100,
+                      box_batch_size_per_image=64, representation_size=256)
 
 
 def tiny_model(**overrides):
@@ -304,7 +305,7 @@ def test_training_losses_every_family_finite_and_trainable():
     sum(losses.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
-    assert model.backbone.conv1.weight.grad is None  # the frozen stem
+    assert model.backbone.conv1.weight.grad is not None  # from scratch the stem trains too
 
 
 def test_training_without_branches_and_with_empty_targets():
@@ -387,9 +388,15 @@ def test_user_errors_name_the_fix():
         build_moqam(backbone="vgg16")
 
 
-def test_profiles_and_release_defaults():
+def test_profiles_and_release_defaults(monkeypatch):
+    # Serve a random ResNet-50's weights instead of downloading ImageNet's: the release starts
+    # from them, and the freezing rule applies to pretrained weights.
+    import torchvision
+
+    state = torchvision.models.resnet50().state_dict()
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: state)
     assert set(MOQAM_PROFILES) == {"tiny", "colab", "full"}
-    model = build_moqam(**MOQAM_PROFILES["full"])
+    model = build_moqam(**MOQAM_PROFILES["full"], pretrained_backbone=True)
     assert isinstance(model, MOQAM)
     assert model.num_queries == 900 and len(model.decoder.layers) == 6
     assert len(model.encoder.layers) == 6 and model.embed_dim == 256
@@ -404,6 +411,23 @@ def test_profiles_and_release_defaults():
     assert any(n.startswith("layer1") for n in frozen) and "conv1.weight" in frozen
     assert all(p.requires_grad for n, p in model.backbone.named_parameters()
                if n.startswith("layer2"))
+
+
+def test_backbone_from_scratch_trains_everything():
+    # The one freezing rule (oralx_lib.models.backbones.freeze_rule): random weights have nothing
+    # to keep, so every layer trains with ordinary BatchNorm; ImageNet weights are frozen like
+    # the release (test_profiles_and_release_defaults).
+    from torch import nn
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = build_moqam(**MOQAM_PROFILES["tiny"])
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
+    kept = build_moqam(**MOQAM_PROFILES["tiny"], trainable_backbone_layers=3,
+                       freeze_batchnorm=True)
+    frozen = [n for n, p in kept.backbone.named_parameters() if not p.requires_grad]
+    assert "conv1.weight" in frozen and any(n.startswith("layer1") for n in frozen)
 
 
 def test_build_model_factory_returns_moqam():

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 from oralx_lib.student import (
     EXTENSION,
     SolutionMarkupError,

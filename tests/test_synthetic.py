@@ -22,7 +22,7 @@ from oralx_lib.data.synthetic import (
     image_rng,
     render_panoramic,
 )
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(width=256, height=145)  # the real aspect ratio (1991 x 1127), tiny

@@ -10,7 +10,7 @@ from oralx_lib import widgets_eval as we
 from oralx_lib.data import OralXrays9
 from oralx_lib.data.synthetic import generate_dataset
 from oralx_lib.models import balanced_supcon_loss, build_model
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -10,10 +10,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from oralx_lib import widgets_moqam as wm  # noqa: E402
 from oralx_lib.models import MOQAM_PROFILES, MSDeformAttn, build_moqam  # noqa: E402
 from oralx_lib.models.moqam_denoising import denoising_attention_mask  # noqa: E402
-from oralx_lib.paths import ConfigError  # noqa: E402
+from oralx_lib.errors import ConfigError  # noqa: E402
 
-SMALL_BRANCHES = dict(rpn_pre_nms_top_n=300, rpn_post_nms_top_n=100,
-                      roi_batch_size_per_image=64, representation_size=256)
+SMALL_BRANCHES = dict(rpn_pre_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+                      rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=100,
+                      box_batch_size_per_image=64, representation_size=256)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from oralx_lib import widgets_rpn as wr
 from oralx_lib.data import OralXrays9
 from oralx_lib.data.synthetic import generate_dataset
 from oralx_lib.models import DynamicIoUAssigner, FixedIoUAssigner, build_model
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 from oralx_lib.selfcheck.di_rpn import reference_best_anchor_iou
 
 

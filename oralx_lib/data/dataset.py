@@ -35,12 +35,11 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import CLASSES
+from ..errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
-    """The dataset on disk is not what the loader needs; the message names the file and the fix."""
 
 
 class DatasetWarning(UserWarning):

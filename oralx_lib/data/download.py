@@ -47,7 +47,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import CLASSES
-from ..paths import ConfigError
+from ..errors import ConfigError, DownloadError
+from ..files import atomic_write
 from .dataset import SPLITS, DatasetError, annotation_file, image_dir, load_coco_json
 
 #: The Google Drive folder of the release (from the dataset's README).
@@ -67,8 +68,6 @@ _SKIP_DIRS = frozenset({"__MACOSX", _STAGING})
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
-    """Getting or unpacking the dataset failed; the message says why and what to do next."""
 
 
 def _manual_hint(url: str = DRIVE_FOLDER_URL) -> str:
@@ -93,11 +92,8 @@ def _import_optional(module: str, purpose: str):
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + PART_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_write(path, "w", suffix=PART_SUFFIX) as fh:
         json.dump(obj, fh)
-    os.replace(tmp, path)
 
 
 def _place(src: Path, dst: Path, *, keep_source: bool) -> None:
@@ -505,21 +501,17 @@ def _extract(archive: Path, dest: Path, *, password, progress, nested, engine,
 
 def _extract_member(zf, info, target: Path, archive: Path, pwd: bytes | None, bar) -> None:
     pyzipper = sys.modules["pyzipper"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + PART_SUFFIX)
     try:
-        with zf.open(info) as src, open(tmp, "wb") as out:
+        with zf.open(info) as src, atomic_write(target, "wb", suffix=PART_SUFFIX,
+                                                fsync=False) as out:
             while chunk := src.read(_CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))
-        os.replace(tmp, target)
     except RuntimeError as exc:
-        tmp.unlink(missing_ok=True)
         if "password" in str(exc).lower():
             raise _wrong_password(archive, info.filename, pwd) from exc
         raise DownloadError(f"{archive}: cannot extract member {info.filename!r}: {exc}.") from exc
     except (pyzipper.BadZipFile, zlib.error, EOFError) as exc:
-        tmp.unlink(missing_ok=True)
         if info.flag_bits & 0x1:
             raise DownloadError(
                 f"{archive}: member {info.filename!r} does not decrypt to valid data ({exc}): "
@@ -531,9 +523,6 @@ def _extract_member(zf, info, target: Path, archive: Path, pwd: bytes | None, ba
             f"{archive}: member {info.filename!r} is damaged ({exc}). Delete the archive and "
             "download it again."
         ) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _unzip_members(archive: Path, todo, dest: Path, pwd: bytes | None, bar, result) -> list:

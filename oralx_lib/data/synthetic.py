@@ -77,7 +77,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .. import CLASSES
-from ..paths import ConfigError, default_data_root
+from ..errors import ConfigError, DatasetError
+from ..files import write_bytes_atomic
+from ..paths import default_data_root
 
 #: The book's default synthetic set (see the module docstring for the choice).
 DEFAULTS: dict[str, int] = {
@@ -959,19 +960,6 @@ def _params(train, val, test, seed, width, height) -> dict[str, int]:
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8")
 
@@ -1017,8 +1005,6 @@ def generate_dataset(out: str | os.PathLike, *, train: int, val: int, test: int,
     """
     from tqdm.auto import tqdm
 
-    from .dataset import DatasetError
-
     params = _params(train, val, test, seed, width, height)
     width, height = params["width"], params["height"]
     root = Path(out)
@@ -1060,7 +1046,7 @@ def generate_dataset(out: str | os.PathLike, *, train: int, val: int, test: int,
             for i in range(n):
                 img, anns = render_panoramic(image_rng(params["seed"], split, i), width, height)
                 name = f"{i + 1:06d}.jpg"
-                _write_atomic(img_dir / name, _encode_jpeg(img))
+                write_bytes_atomic(img_dir / name, _encode_jpeg(img))
                 images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
                 for a in anns:
                     x, y, w, h = (round(float(v), 2) for v in a["bbox"])
@@ -1078,9 +1064,9 @@ def generate_dataset(out: str | os.PathLike, *, train: int, val: int, test: int,
                 "annotations": annotations,
                 "categories": categories,
             }
-            _write_atomic(ann_file, _json_bytes(coco))
+            write_bytes_atomic(ann_file, _json_bytes(coco))
             counts[split] = {"images": len(images), "annotations": len(annotations)}
-    _write_atomic(marker, _json_bytes({"generator": "oralx_lib.data.synthetic", "version": GENERATOR_VERSION,
+    write_bytes_atomic(marker, _json_bytes({"generator": "oralx_lib.data.synthetic", "version": GENERATOR_VERSION,
                                        "params": params, "counts": counts}))
     return root
 

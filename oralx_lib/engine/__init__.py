@@ -8,19 +8,20 @@ Typical use::
     model = load_model(summary["best_checkpoint"])
 """
 
+from ..errors import CheckpointError, TrainingError
 from .checkpoint import (
-    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
 from .config import PROFILES, TrainConfig, field_names, make_config
-from .distributed import DistContext, setup_distributed, train_local_ddp
+from .distributed import DistContext, setup_distributed
 from .history import MetricsLog, plot_history, read_jsonl
 from .inference import build_from_config, evaluate_model, load_model, model_detections
+from .launch import train_local_ddp
 from .predict import draw_detections, predict_images, read_image
-from .train import TrainingError, build_datasets, make_optimizer, make_scheduler, train
+from .train import build_datasets, make_optimizer, make_scheduler, train
 
 __all__ = [
     "PROFILES",

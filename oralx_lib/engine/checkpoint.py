@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from oralx_lib.errors import CheckpointError
+from oralx_lib.files import atomic_write
+
 CHECKPOINT_FORMAT = 1
 _COUNTER_KEY = "__counter__"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, or holds something a checkpoint may not hold."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,36 +72,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """
     path = Path(path)
     check_plain(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path, "wb") as handle:
+        torch.save(state, handle)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:

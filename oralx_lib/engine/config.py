@@ -2,11 +2,11 @@
 
 A :class:`TrainConfig` holds only JSON types (str, int, float, bool, None, lists, dicts), so it
 is stored inside every checkpoint and in ``config.json`` next to it, and a run can be rebuilt
-from either. Profiles give complete starting points:
+from either. Profiles (defined in :mod:`oralx_lib.profiles`) give complete starting points:
 
 - ``tiny`` (alias ``fast``): a CPU run of a few minutes on 2 cores: a light backbone without
   pre-trained weights, images resized to 288 px (long side <= 512), a few iterations, batch 2.
-- ``colab``: the released recipe at a smaller scale for one 16 GB T4 (see ``PROFILES``).
+- ``colab``: the released recipe at a smaller scale for one 16 GB T4.
 - ``full``: the released recipe (MOQAM.md, "Training recipe in the release"): AdamW lr 2e-4,
   weight decay 1e-4, backbone lr x 0.1, gradient clipping at global L2 norm 0.1, 12 epochs,
   lr x 0.1 after epoch 11, no warm-up, batch 1 per GPU, seed 42, ResNet-50 from ImageNet
@@ -14,7 +14,7 @@ from either. Profiles give complete starting points:
   single-scale testing at 800 / 1333.
 
 Every field can be overridden: ``make_config("tiny", epochs=3, lr=1e-4)``; a name that is not a
-field raises :class:`~oralx_lib.paths.ConfigError` listing the valid ones.
+field raises :class:`~oralx_lib.errors.ConfigError` listing the valid ones.
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from oralx_lib.data.transforms import PRESETS as TRAIN_PRESETS
-from oralx_lib.paths import ConfigError, runs_root
+from oralx_lib.errors import ConfigError
+from oralx_lib.paths import runs_root
+from oralx_lib.profiles import ENGINE_PROFILES as PROFILES
+from oralx_lib.profiles import (
+    PROFILE_ALIASES,
+    TWO_STAGE_TINY,
+    _lists_not_tuples,
+    engine_profile,
+    model_profile,
+)
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -217,106 +226,8 @@ def field_names() -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Profiles
+# Profiles (defined in oralx_lib.profiles)
 # ------------------------------------------------------------------------------------------------
-#: Released multi-scale training sizes (short side 480..800, step 32).
-RELEASED_TRAIN_SIZES: tuple[int, ...] = tuple(range(480, 801, 32))
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "backbone": "resnet18",
-        "pretrained_backbone": False,
-        "model_overrides": {"min_size": 288, "max_size": 512},
-        "train_preset": "light",
-        "batch_size": 2,
-        "workers": 0,
-        "epochs": 2,
-        "max_iters_per_epoch": 8,
-        "lr": 2e-4,
-        "weight_decay": 1e-4,
-        "backbone_lr_mult": 0.1,
-        "clip_grad_norm": 0.1,
-        "lr_milestones": [2],
-        "warmup_iters": 0,
-        "amp": "auto",
-        "seed": 42,
-        "checkpoint_every": 0,
-        "eval_every": 1,
-        "eval_batch_size": 2,
-        "eval_max_dets": 100,
-        "log_every": 1,
-    },
-    "full": {
-        "backbone": "resnet50",
-        "pretrained_backbone": True,
-        # Training draws a short side from 480..800; torchvision's GeneralizedRCNNTransform
-        # tests at the last entry (800) with the long side capped at 1333: the released test
-        # scale.
-        "model_overrides": {"min_size": list(RELEASED_TRAIN_SIZES), "max_size": 1333},
-        "train_preset": "released",
-        "batch_size": 1,
-        "workers": 4,
-        "epochs": 12,
-        "max_iters_per_epoch": None,
-        "lr": 2e-4,
-        "weight_decay": 1e-4,
-        "backbone_lr_mult": 0.1,
-        "clip_grad_norm": 0.1,
-        "lr_milestones": [11],
-        "lr_gamma": 0.1,
-        "warmup_iters": 0,
-        "amp": "auto",
-        "seed": 42,
-        "checkpoint_every": 2000,
-        "eval_every": 1,
-        "eval_batch_size": 2,
-        "eval_max_dets": 100,
-        "log_every": 20,
-    },
-}
-PROFILES["colab"] = {
-    **PROFILES["full"],
-    # One 16 GB T4 with AMP: smaller multi-scale training (short side 480..640, long side
-    # <= 1066), tested at 640; frequent checkpoints because Colab sessions end without notice.
-    "model_overrides": {"min_size": list(range(480, 641, 32)), "max_size": 1066},
-    "workers": 2,
-    "checkpoint_every": 500,
-}
-#: ``ORALX_PROFILE`` spells the CPU profile ``fast``.
-PROFILE_ALIASES = {"fast": "tiny"}
-
-#: Settings of the two-stage models (faster_rcnn, di_rpn, cb_scr, moqam_rcnn) that make the
-#: ``tiny`` profile fit a few CPU minutes: fewer proposals and RoIs, a 256-d box head (the
-#: release: 2000 proposals, 512 RoIs, 1024-d).
-TWO_STAGE_TINY: dict[str, Any] = {
-    "rpn_pre_nms_top_n_train": 600,
-    "rpn_post_nms_top_n_train": 300,
-    "rpn_pre_nms_top_n_test": 300,
-    "rpn_post_nms_top_n_test": 150,
-    "box_batch_size_per_image": 128,
-    "representation_size": 256,
-}
-
-
-def model_profile(profile: str, model: str) -> dict[str, Any]:
-    """What a profile adds for one model: ``{"backbone": ..., "model_overrides": {...}}``.
-
-    The query-based ``moqam`` takes its sizes from ``oralx_lib.models.moqam.MOQAM_PROFILES``
-    (same profile names); the two-stage models get :data:`TWO_STAGE_TINY` in ``tiny``.
-    """
-    if model == "moqam":
-        from oralx_lib.models.moqam import MOQAM_PROFILES
-
-        sizes = copy.deepcopy(MOQAM_PROFILES.get(profile, {}))
-        extra: dict[str, Any] = {"model_overrides": _lists_not_tuples(sizes)}
-        if "backbone" in sizes:
-            extra["backbone"] = extra["model_overrides"].pop("backbone")
-        return extra
-    if profile == "tiny":
-        return {"model_overrides": dict(TWO_STAGE_TINY)}
-    return {"model_overrides": {}}
-
-
 def make_config(profile: str = "tiny", **overrides) -> TrainConfig:
     """The config of a named profile with some fields overridden.
 
@@ -326,12 +237,7 @@ def make_config(profile: str = "tiny", **overrides) -> TrainConfig:
     key (a key set to ``None`` removes it); every other field replaces the profile's value.
     Unknown field names raise :class:`ConfigError` listing the valid ones.
     """
-    name = PROFILE_ALIASES.get(str(profile).strip().lower(), str(profile).strip().lower())
-    if name not in PROFILES:
-        raise ConfigError(
-            f"profile {profile!r} does not exist; use one of {sorted(PROFILES)} "
-            f"(or an alias: {PROFILE_ALIASES})."
-        )
+    name = engine_profile(profile)
     _check_names(overrides)
     overrides = copy.deepcopy(overrides)
     data = copy.deepcopy(PROFILES[name])
@@ -372,14 +278,6 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"config field {name!r} = {value}: must be >= {low}.")
-
-
-def _lists_not_tuples(value):
-    if isinstance(value, (tuple, list, range)):
-        return [_lists_not_tuples(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _lists_not_tuples(v) for k, v in value.items()}
-    return value
 
 
 def _matches(value, hint) -> bool:

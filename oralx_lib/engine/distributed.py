@@ -1,5 +1,6 @@
 """Distributed data parallel (DDP) in a few helpers: set up from ``torchrun``'s environment,
-reduce numbers across processes, gather Python objects, and a local launcher for CPU demos.
+reduce numbers across processes, gather Python objects (the local launcher for CPU demos is
+:mod:`oralx_lib.engine.launch`).
 
 ``torchrun --nproc_per_node N -m oralx_lib train ...`` starts ``N`` processes with the
 environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
@@ -12,17 +13,14 @@ environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` 
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -151,50 +149,6 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-# ------------------------------------------------------------------------------------------------
-# Local launcher (CPU demos and tests)
-# ------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port on localhost nobody listens to right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _local_worker(rank: int, world_size: int, port: int, config: dict, progress: bool) -> None:
-    os.environ.update({
-        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    })
-    from .config import TrainConfig
-    from .train import train
-
-    train(TrainConfig.from_dict(config), progress=progress and rank == 0)
-
-
-def train_local_ddp(config, nproc: int = 2, *, progress: bool = False) -> dict:
-    """Train with ``nproc`` processes on this machine (gloo on CPU) and return rank 0's summary.
-
-    The same thing as ``torchrun --nproc_per_node nproc -m oralx_lib train ...``, from Python:
-    the processes are started with ``torch.multiprocessing.spawn``. Meant for CPU demos and
-    tests; on GPUs prefer torchrun.
-    """
-    import torch.multiprocessing as mp
-
-    from .config import TrainConfig
-
-    if not isinstance(config, TrainConfig):
-        config = TrainConfig.from_dict(config)
-    if nproc < 1:
-        raise ConfigError(f"nproc={nproc}: start at least one process.")
-    port = free_port()
-    mp.spawn(_local_worker, args=(nproc, port, config.to_dict(), progress), nprocs=nproc,
-             join=True)
-    summary_path = Path(config.out_dir) / "summary.json"
-    return json.loads(summary_path.read_text())
-
-
 __all__ = [
     "DistContext",
     "all_gather_objects",
@@ -203,9 +157,7 @@ __all__ = [
     "broadcast_object",
     "cleanup_distributed",
     "env_world_size",
-    "free_port",
     "resolve_device",
     "setup_distributed",
-    "train_local_ddp",
     "unwrap_model",
 ]

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
+
+from oralx_lib.files import write_text_atomic
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -51,9 +52,7 @@ class MetricsLog:
         kept = []
         if resume_step is not None and self.path.is_file():
             kept = [r for r in read_jsonl(self.path) if int(r.get("step", 0)) <= resume_step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, record: dict) -> None:
         if not self.enabled:
@@ -137,9 +136,4 @@ def plot_history(history_or_jsonl_path, *, out: str | os.PathLike | None = None,
     return fig
 
 
-def records_of_kind(records: Iterable[dict], kind: str) -> list[dict]:
-    """The records of one ``kind`` (``"train"`` or ``"epoch"``)."""
-    return [r for r in records if r.get("kind") == kind]
-
-
-__all__ = ["MetricsLog", "records_of_kind", "plot_history", "read_jsonl"]
+__all__ = ["MetricsLog", "plot_history", "read_jsonl"]

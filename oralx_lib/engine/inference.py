@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from oralx_lib import NUM_CLASSES
 from oralx_lib.data import collate_fn
 from oralx_lib.evaluation import evaluate_coco
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig

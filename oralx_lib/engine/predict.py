@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from oralx_lib import CLASSES
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError
 
 from .distributed import unwrap_model
 

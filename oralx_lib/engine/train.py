@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 from oralx_lib import __version__
 from oralx_lib.data import collate_fn
 from oralx_lib.evaluation import evaluate_coco
-from oralx_lib.paths import ConfigError, default_data_root
+from oralx_lib.errors import ConfigError, TrainingError
+from oralx_lib.paths import default_data_root
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -67,10 +68,6 @@ from .inference import build_from_config, model_detections, unwrap_dataset
 
 #: Config fields that must not change when a run is resumed (the weights would not fit).
 RESUME_LOCKED = ("model", "backbone", "model_overrides")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN / inf loss, a model that does not return losses, ...)."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..paths import ConfigError
+from ..errors import ConfigError
 
 
 def balanced_supcon_loss(features: Tensor, labels: Tensor, centers: Tensor, temperature: float = 1.0) -> Tensor:

@@ -31,15 +31,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import resnet
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_convert
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..paths import ConfigError
+from ..errors import ConfigError, DatasetError
+from ..profiles import MOQAM_PROFILES
 from .moqam_denoising import denoising_attention_mask, denoising_queries, group_attention_mask
-from .moqam_heads import AuxSamples, CollaborativeBranches, build_collaborative_branches
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, resnet_backbone
+from .moqam_branches import AuxSamples, CollaborativeBranches, build_collaborative_branches
 from .moqam_losses import cxcywh_to_xyxy, hungarian_match, set_loss
 from .moqam_transformer import (
     MLP,
@@ -60,57 +59,6 @@ __all__ = [
     "resnet_backbone",
     "soft_nms",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_RESNETS = {
-    "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1, (64, 128, 256, 512)),
-    "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1, (64, 128, 256, 512)),
-    "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048)),
-    "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1,
-                  (256, 512, 1024, 2048)),
-}
-
-
-def resnet_backbone(name: str = "resnet50", pretrained: bool = False,
-                    trainable_layers: int = 3) -> tuple[nn.Module, list[int]]:
-    """A torchvision ResNet returning ``C2..C5`` as ``{"0": C2, ..., "3": C5}``.
-
-    BatchNorm is frozen (``FrozenBatchNorm2d``); the stem and the first ``4 - trainable_layers``
-    stages are frozen (the release trains ``layer2..layer4``: ``trainable_layers=3``).
-
-    Returns:
-        ``(body, [channels of C2..C5])``.
-    """
-    if name not in _RESNETS:
-        raise ConfigError(
-            f"backbone={name!r} is not supported by build_moqam; use one of {sorted(_RESNETS)}."
-        )
-    if not 0 <= trainable_layers <= 4:
-        raise ConfigError(f"trainable_backbone_layers={trainable_layers} must be in 0..4.")
-    ctor, weights, channels = _RESNETS[name]
-    try:
-        net = ctor(weights=weights if pretrained else None, norm_layer=FrozenBatchNorm2d)
-    except (OSError, RuntimeError) as err:
-        if not pretrained:
-            raise
-        from .factory import PretrainedWeightsError
-
-        raise PretrainedWeightsError(
-            f"pretrained_backbone=True: torchvision's ImageNet weights for {name!r} could not be "
-            f"loaded ({type(err).__name__}: {err}). They are downloaded on first use (internet "
-            "needed) into ~/.cache/torch/hub/checkpoints: connect and retry, copy the file there, "
-            "or build with pretrained_backbone=False."
-        ) from err
-    trainable = ["layer4", "layer3", "layer2", "layer1"][:trainable_layers]
-    for pname, param in net.named_parameters():
-        if not any(pname.startswith(layer) for layer in trainable):
-            param.requires_grad_(False)
-    body = IntermediateLayerGetter(
-        net, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
-    )
-    return body, list(channels)
-
 
 class ChannelMapper(nn.Module):
     """Map ``C2..C5`` to ``embed_dim`` channels and add a stride-2 level from ``C5``.
@@ -285,8 +233,6 @@ class MOQAM(nn.Module):
                 )
         if targets is None:
             return
-        from ..data.dataset import DatasetError
-
         if len(targets) != len(images):
             raise DatasetError(f"got {len(images)} images but {len(targets)} targets.")
         for i, t in enumerate(targets):
@@ -537,36 +483,12 @@ class MOQAM(nn.Module):
 
 
 # ---------------------------------------------------------------------- profiles and builder
-#: Build kwargs for ``build_moqam(**MOQAM_PROFILES[name])``.
-#:
-#: - ``tiny``: CPU minutes (resnet18, 128-d, 2 + 2 layers, 100 queries, short side 256,
-#:   lighter RPN / RoI sampling and a 256-d RoI head).
-#: - ``colab``: a 16 GB T4 with AMP: resnet50 and the released 256-d, 6 + 6 layer, 8-head
-#:   transformer with 300 queries, FFN 1024, panoramas resized to 1066 x 603, encoder layers
-#:   recomputed in backward. Memory estimated on CPU by ``benchmarks/bench_moqam.py --memory
-#:   colab`` (bytes autograd saves for backward, measured at 0.4 and 0.6 of the size and
-#:   extrapolated linearly in pixels): ~2.2 GiB saved activations + 0.9 GiB weights, gradients
-#:   and AdamW state, plus ~2 GiB for the encoder layer being recomputed: ~5-6 GiB with
-#:   allocator overhead. Without the recomputation the saved activations alone measured
-#:   12.1 GiB (fp32, counted directly at 1066 x 603), too close to 16 GB.
-#: - ``full``: the release (resnet50, 900 queries, 6 + 6 layers, FFN 2048, 800 x 1333).
-MOQAM_PROFILES: dict[str, dict[str, Any]] = {
-    "tiny": dict(backbone="resnet18", embed_dim=128, num_heads=4, num_points=4, ffn_dim=512,
-                 num_encoder_layers=2, num_decoder_layers=2, num_queries=100, dn_number=30,
-                 num_aux_queries=100, min_size=256, max_size=448,
-                 branch_options=dict(rpn_pre_nms_top_n=1000, rpn_post_nms_top_n=300,
-                                     roi_batch_size_per_image=128, representation_size=256)),
-    "colab": dict(backbone="resnet50", embed_dim=256, num_heads=8, num_points=4, ffn_dim=1024,
-                  num_encoder_layers=6, num_decoder_layers=6, num_queries=300, dn_number=100,
-                  num_aux_queries=100, min_size=640, max_size=1066, encoder_checkpoint=True),
-    "full": dict(backbone="resnet50"),
-}
-
 _DEFAULTS: dict[str, Any] = dict(
     embed_dim=256, num_queries=900, num_encoder_layers=6, num_decoder_layers=6, num_heads=8,
     num_points=4, ffn_dim=2048, dn_number=100, label_noise_ratio=0.5, box_noise_scale=1.0,
     min_size=800, max_size=1333, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-    size_divisible=32, trainable_backbone_layers=3, encoder_checkpoint=False,
+    size_divisible=32, trainable_backbone_layers=None, freeze_batchnorm=None,
+    encoder_checkpoint=False,
     aux_branches=("rpn", "roi", "atss"), num_aux_queries=300, aux_query_weight=1.0,
     loss_weights=None, match_costs=None, qfl_beta=2.0, branch_options=None,
     detections_per_img=300, soft_nms=False, soft_nms_sigma=0.5, pre_nms_topk=900,
@@ -586,7 +508,10 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
     ``{"cls": 1, "bbox": 5, "giou": 2}``, ``match_costs``, ``qfl_beta`` 2, ``branch_options``
     (a dict for :func:`build_collaborative_branches`: loss weights, DI-RPN settings, ...),
     ``detections_per_img`` 300, ``soft_nms`` False, ``soft_nms_sigma`` 0.5,
-    ``pre_nms_topk`` 900, ``trainable_backbone_layers`` 3, ``encoder_checkpoint`` False
+    ``pre_nms_topk`` 900, ``trainable_backbone_layers`` and ``freeze_batchnorm`` (default: the
+    freezing rule of :func:`oralx_lib.models.backbones.freeze_rule`: with ImageNet weights the
+    release's ``layer2..layer4`` train over frozen BatchNorm; from scratch everything trains),
+    ``encoder_checkpoint`` False
     (recompute encoder layers in backward: less memory for one more encoder forward).
 
     Example::
@@ -615,7 +540,7 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
             "('rpn', 'roi', 'atss')."
         )
     body, channels = resnet_backbone(backbone, pretrained_backbone,
-                                     cfg["trainable_backbone_layers"])
+                                     cfg["trainable_backbone_layers"], cfg["freeze_batchnorm"])
     num_levels = 5
     sizes = dict(embed_dim=dim, num_heads=heads, num_levels=num_levels,
                  num_points=cfg["num_points"], ffn_dim=cfg["ffn_dim"])

@@ -29,7 +29,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from ..paths import ConfigError
+from ..errors import ConfigError
 
 ANCHOR_STYLES = ("released", "torchvision")
 

@@ -9,8 +9,8 @@ map (strides 4 .. 128, ``C`` channels each). Each branch
    become the decoder's *customized positive queries* (``aux0``: RoI head, ``aux1``: ATSS, in
    that order, numbering only the branches that are on).
 
-The RPN and the RoI head's sampling and CB-SCR are the two-stage detectors' parts
-(:class:`~oralx_lib.models.rcnn.AssignerRPN`, :class:`~oralx_lib.models.rcnn.CBSCRRoIHeads`);
+The RPN and the RoI head's sampling and CB-SCR are the two-stage detectors' parts, built by the
+same functions from the same options (:mod:`oralx_lib.models.heads`);
 the RoI branch replaces their smooth-L1 box loss by a GIoU loss on decoded boxes, as released.
 Released weights: RPN cls 12 / box 12; RoI CE 12 / GIoU 120; ATSS focal 12 / GIoU 24 /
 centerness 12; CB-SCR 1.
@@ -26,15 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..paths import ConfigError
-from .assigners import DynamicIoUAssigner, FixedIoUAssigner
-from .cb_scr import CBSCR
-from .rcnn import AssignerRPN, CBSCRRoIHeads, make_anchor_generator
+from ..errors import ConfigError
+from .heads import (
+    CB_SCR_DEFAULTS,
+    DI_RPN_DEFAULTS,
+    ROI_DEFAULTS,
+    RPN_DEFAULTS,
+    build_roi_heads,
+    build_rpn,
+)
+from .rcnn import AssignerRPN, CBSCRRoIHeads
 
 __all__ = [
     "AuxSamples",
@@ -330,28 +334,25 @@ class CollaborativeBranches(nn.Module):
         return losses, groups
 
 
-#: Options of :func:`build_collaborative_branches` (the released values).
+#: Options of :func:`build_collaborative_branches` (the released values). The RPN's, DI-RPN's,
+#: the RoI head's and CB-SCR's options are the two-stage detectors' (:mod:`oralx_lib.models.heads`),
+#: with the release's branch proposal counts (4000 before NMS, 1000 after).
 BRANCH_DEFAULTS: dict[str, Any] = {
     "strides": AUX_STRIDES,
     "di_rpn": True,
-    "di_rpn_cap_at_base": True,
-    "rpn_anchors": "released",
-    "rpn_batch_size_per_image": 256,
-    "rpn_positive_fraction": 0.5,
-    "rpn_pre_nms_top_n": 4000,
-    "rpn_post_nms_top_n": 1000,
-    "rpn_nms_thresh": 0.7,
+    "cb_scr": True,
+    **RPN_DEFAULTS,
+    "rpn_pre_nms_top_n_train": 4000,
+    "rpn_pre_nms_top_n_test": 4000,
+    "rpn_post_nms_top_n_train": 1000,
+    "rpn_post_nms_top_n_test": 1000,
+    **DI_RPN_DEFAULTS,
+    **ROI_DEFAULTS,
+    **CB_SCR_DEFAULTS,
     "rpn_cls_weight": 12.0,
     "rpn_bbox_weight": 12.0,
-    "roi_batch_size_per_image": 512,
-    "roi_positive_fraction": 0.25,
-    "roi_iou_thresh": 0.5,
-    "representation_size": 1024,
     "roi_cls_weight": 12.0,
     "roi_giou_weight": 120.0,
-    "cb_scr": True,
-    "cb_scr_weight": 1.0,
-    "cb_scr_temperature": 1.0,
     "atss_topk": 9,
     "atss_anchor_scale": 8.0,
     "atss_stacked_convs": 1,
@@ -366,7 +367,7 @@ def build_collaborative_branches(names: tuple[str, ...], *, num_classes: int, em
     """Assemble the branches named in ``names`` (a subset of ``("rpn", "roi", "atss")``).
 
     ``options`` override :data:`BRANCH_DEFAULTS` (e.g. ``di_rpn=False`` for the fixed IoU
-    rule, ``cb_scr=False``, smaller ``rpn_pre_nms_top_n`` on CPU).
+    rule, ``cb_scr=False``, smaller ``rpn_pre_nms_top_n_train`` on CPU).
     """
     unknown = sorted(set(options) - set(BRANCH_DEFAULTS))
     if unknown:
@@ -377,39 +378,11 @@ def build_collaborative_branches(names: tuple[str, ...], *, num_classes: int, em
     strides = tuple(cfg["strides"])
     rpn = roi = atss = None
     if "rpn" in names:
-        anchor_generator = make_anchor_generator(strides, anchors=cfg["rpn_anchors"])
-        if cfg["di_rpn"]:
-            assigner = DynamicIoUAssigner(cap_at_base=cfg["di_rpn_cap_at_base"])
-        else:
-            assigner = FixedIoUAssigner(pos_iou_thr=0.7, neg_iou_thr=0.3)
-        rpn = AssignerRPN(
-            anchor_generator=anchor_generator,
-            head=RPNHead(embed_dim, anchor_generator.num_anchors_per_location()[0]),
-            assigner=assigner,
-            batch_size_per_image=cfg["rpn_batch_size_per_image"],
-            positive_fraction=cfg["rpn_positive_fraction"],
-            pre_nms_top_n={"training": cfg["rpn_pre_nms_top_n"],
-                           "testing": cfg["rpn_pre_nms_top_n"]},
-            post_nms_top_n={"training": cfg["rpn_post_nms_top_n"],
-                            "testing": cfg["rpn_post_nms_top_n"]},
-            nms_thresh=cfg["rpn_nms_thresh"],
-        )
+        rpn = build_rpn(cfg, in_channels=embed_dim, strides=strides, di_rpn=cfg["di_rpn"])
     if "roi" in names:
-        rep = cfg["representation_size"]
-        cb_scr = None
-        if cfg["cb_scr"]:
-            cb_scr = CBSCR(in_dim=rep, num_classes=num_classes + 1,
-                           temperature=cfg["cb_scr_temperature"], weight=cfg["cb_scr_weight"])
-        heads = CBSCRRoIHeads(
-            box_roi_pool=MultiScaleRoIAlign([str(i) for i in range(len(strides))], 7, 2),
-            box_head=TwoMLPHead(embed_dim * 7 * 7, rep),
-            box_predictor=FastRCNNPredictor(rep, num_classes + 1),
-            cb_scr=cb_scr,
-            fg_iou_thresh=cfg["roi_iou_thresh"],
-            bg_iou_thresh=cfg["roi_iou_thresh"],
-            batch_size_per_image=cfg["roi_batch_size_per_image"],
-            positive_fraction=cfg["roi_positive_fraction"],
-        )
+        heads = build_roi_heads(cfg, in_channels=embed_dim,
+                                featmap_names=[str(i) for i in range(len(strides))],
+                                num_classes=num_classes, cb_scr=cfg["cb_scr"])
         roi = RoIBranch(roi_heads=heads, cls_weight=cfg["roi_cls_weight"],
                         giou_weight=cfg["roi_giou_weight"])
     if "atss" in names:
