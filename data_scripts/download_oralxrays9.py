@@ -2,7 +2,7 @@
 """Download (or take from --from-archive), extract, arrange and verify OralXrays-9.
 
 Run from the repository root: `python data_scripts/download_oralxrays9.py --help`. The logic lives in
-:mod:`oralx_lib.data.download` (`download_main`).
+:mod:`oralx_lib.data.real` (`download_main`).
 """
 
 import sys
@@ -13,7 +13,7 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from oralx_lib.data.download import download_main
+from oralx_lib.data.real import download_main
 
 if __name__ == "__main__":
     sys.exit(download_main())

@@ -2,7 +2,7 @@
 """Carve a deterministic test split out of val (the release may ship only train and val).
 
 Run from the repository root: `python data_scripts/split_dataset.py --help`. The logic lives in
-:mod:`oralx_lib.data.download` (`split_main`).
+:mod:`oralx_lib.data.real` (`split_main`).
 """
 
 import sys
@@ -13,7 +13,7 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from oralx_lib.data.download import split_main
+from oralx_lib.data.real import split_main
 
 if __name__ == "__main__":
     sys.exit(split_main())

@@ -2,7 +2,7 @@
 """Check an OralXrays-9 dataset root and print counts and problems (exit 1 on problems).
 
 Run from the repository root: `python data_scripts/verify_dataset.py --help`. The logic lives in
-:mod:`oralx_lib.data.download` (`verify_main`).
+:mod:`oralx_lib.data.real` (`verify_main`).
 """
 
 import sys
@@ -13,7 +13,7 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from oralx_lib.data.download import verify_main
+from oralx_lib.data.real import verify_main
 
 if __name__ == "__main__":
     sys.exit(verify_main())

@@ -49,11 +49,11 @@ PREDICT_EXAMPLES = f"""examples:
 FORWARDED: dict[str, tuple[str, str, str]] = {
     "synthesize": ("oralx_lib.data.synthetic", "main",
                    "generate the synthetic OralXrays-9-like set"),
-    "download": ("oralx_lib.data.download", "download_main",
+    "download": ("oralx_lib.data.real", "download_main",
                  "download and extract OralXrays-9 (Google Drive)"),
-    "verify": ("oralx_lib.data.download", "verify_main",
+    "verify": ("oralx_lib.data.real", "verify_main",
                "check a dataset folder: layout, JSON, images, classes"),
-    "split": ("oralx_lib.data.download", "split_main",
+    "split": ("oralx_lib.data.real", "split_main",
               "carve a test split out of val"),
 }
 

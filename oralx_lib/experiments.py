@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import paths
+from .data import dataset_fingerprint, resolve_data_root
 from .profiles import BOOK_FAST, engine_profile
 
 @dataclass
@@ -97,21 +98,6 @@ class Experiment:
         return out
 
 
-def data_fingerprint(root: Path, splits) -> str:
-    """A hash of the annotation files a run trains and validates on: a run is reused only on
-    the very same data (regenerating the synthetic set invalidates it)."""
-    import hashlib
-
-    from .data import annotation_file
-
-    digest = hashlib.sha256()
-    for split in splits:
-        if split:
-            path = annotation_file(root, split)
-            digest.update(path.read_bytes() if path.is_file() else b"missing")
-    return digest.hexdigest()
-
-
 def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, data=None,
                    name: str | None = None, progress: bool = True,
                    **overrides) -> Experiment:
@@ -131,18 +117,14 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
     from .engine import make_config, train
 
     prof = engine_profile(profile)
-    data_root = Path(data) if data is not None else paths.default_data_root()
-    if data is None and "ORALX_DATA" not in __import__("os").environ:
-        from .data import ensure_synthetic
-
-        ensure_synthetic(data_root)
+    data_root = resolve_data_root(data)
     name = name or f"{model}-{prof}-s{seed}"
     out = paths.runs_root() / "book" / name
     settings = {**(BOOK_FAST if prof == "tiny" else {}), **overrides}
     config = make_config(prof, model=model, seed=seed, data_root=str(data_root.resolve()),
                          out_dir=str(out), **settings)
     saved, stamp = out / "config.json", out / "data_fingerprint.txt"
-    fingerprint = data_fingerprint(data_root, (config.train_split, config.val_split))
+    fingerprint = dataset_fingerprint(data_root, (config.train_split, config.val_split))
     stale = saved.is_file() and (json.loads(saved.read_text()) != json.loads(config.to_json())
                                  or not stamp.is_file() or stamp.read_text() != fingerprint)
     if stale:

@@ -37,7 +37,7 @@ def test_help_lists_every_command_with_examples(capsys):
 
 
 def test_data_tools_receive_the_remaining_arguments(monkeypatch):
-    import oralx_lib.data.download as download
+    import oralx_lib.data.real as download
 
     seen = []
     monkeypatch.setattr(download, "verify_main", lambda argv: seen.append(argv) or 3)

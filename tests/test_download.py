@@ -22,7 +22,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from oralx_lib import CLASSES
-from oralx_lib.data import download as dl
+from oralx_lib.data import real as dl
+from oralx_lib.data.real import download as whole_path
 from oralx_lib.data.dataset import DatasetError, OralXrays9
 from oralx_lib.errors import ConfigError
 
@@ -211,26 +212,19 @@ def test_extract_each_kind_of_zip(tmp_path, mode):
     assert (res.extracted, res.skipped, res.nested) == (3, 0, [])
 
 
-def _not_python(*args, **kwargs):
-    raise AssertionError("the unzip program should have extracted this member")
-
-
 @pytest.mark.skipif(not HAS_UNZIP, reason="needs the unzip program")
 @pytest.mark.parametrize("engine", ["unzip", "auto"])
 def test_extract_zipcrypto_with_unzip_program(tmp_path, monkeypatch, engine):
     z = write_zip(tmp_path / "x.zip", SAMPLE, "zipcrypto")
-    monkeypatch.setattr(dl, "_extract_member", _not_python)
     res = dl.extract_archive(z, tmp_path / "out", progress=False, engine=engine)
     assert_tree(tmp_path / "out", SAMPLE)  # staging folder gone, no leftovers
-    assert res.extracted == 3
+    assert res.extracted == 3 and res.by_program == 3  # the unzip program wrote every member
 
 
 @pytest.mark.parametrize("mode,engine", [("aes", "python"), ("zipcrypto", "python")]
                          + ([("zipcrypto", "unzip")] if HAS_UNZIP else []))
 def test_wrong_password_names_the_readme_password(tmp_path, monkeypatch, mode, engine):
     z = write_zip(tmp_path / "x.zip", SAMPLE, mode)
-    if engine == "unzip":
-        monkeypatch.setattr(dl, "_extract_member", _not_python)
     with pytest.raises(dl.DownloadError) as err:
         dl.extract_archive(z, tmp_path / "out", password="not-it", progress=False, engine=engine)
     msg = str(err.value)
@@ -283,18 +277,12 @@ def test_extraction_resumes(tmp_path, monkeypatch):
     z = write_zip(tmp_path / "x.zip", SAMPLE, "aes")
     dest = tmp_path / "out"
     # an interruption after the first member: only complete files carry their final name
-    real, calls = dl._extract_member, []
 
-    def flaky(*args, **kwargs):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*args, **kwargs)
+    def interrupt(path):
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(dl, "_extract_member", flaky)
     with pytest.raises(KeyboardInterrupt):
-        dl.extract_archive(z, dest, progress=False)
-    monkeypatch.setattr(dl, "_extract_member", real)
+        dl.extract_archive(z, dest, progress=False, on_member=interrupt)
     written = [p for p in dest.rglob("*") if p.is_file()]
     assert len(written) == 1 and written[0].read_bytes() == SAMPLE[written[0].relative_to(dest)
                                                                   .as_posix()]
@@ -581,9 +569,9 @@ def test_prepare_from_a_folder_of_zips(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished step ran again")
 
-    monkeypatch.setattr(dl, "extract_archive", boom)
-    monkeypatch.setattr(dl, "normalise_layout", boom)
-    monkeypatch.setattr(dl, "verify_dataset", boom)
+    monkeypatch.setattr(whole_path, "extract_archive", boom)
+    monkeypatch.setattr(whole_path, "normalise_layout", boom)
+    monkeypatch.setattr(whole_path, "verify_dataset", boom)
     assert dl.prepare_oralxrays9(out, from_archive=drive, progress=False) == out
 
 
@@ -614,7 +602,7 @@ def test_prepare_downloads_when_no_archive_is_given(tmp_path, monkeypatch):
         shutil.copytree(drive, dest, dirs_exist_ok=True)
         return sorted(Path(dest).iterdir())
 
-    monkeypatch.setattr(dl, "download_folder", fake_download)
+    monkeypatch.setattr(whole_path, "download_folder", fake_download)
     out = dl.prepare_oralxrays9(tmp_path / "data", url="https://drive.example/x", progress=False)
     assert calls == ["https://drive.example/x"]
     assert json.loads((out / dl.STATE_FILE).read_text())["done"] == [

@@ -14,6 +14,7 @@ import pytest
 
 from oralx_lib import CLASSES
 from oralx_lib.data import synthetic
+from oralx_lib.data.synthetic import geometry
 from oralx_lib.data.synthetic import (
     DEFAULTS,
     MARKER,
@@ -54,12 +55,12 @@ def test_image_rng_is_seed_sequence_of_seed_split_index():
 
 def test_frame_coordinates_and_box_by_hand():
     # a lower tooth at zero tilt: s = x + 1/2 - ax (to the right), t = y + 1/2 - ay (down)
-    fr = synthetic._make_frame(10.5, 20.5, 0.0, False, -2, 2, 0, 3, 100, 100)
+    fr = geometry._make_frame(10.5, 20.5, 0.0, False, -2, 2, 0, 3, 100, 100)
     assert (fr.x0, fr.y0) == (8, 20)
     assert fr.s[0, :5].tolist() == [-2, -1, 0, 1, 2]
     assert fr.t[:4, 0].tolist() == [0, 1, 2, 3]
     # an upper tooth points up: t grows towards smaller y, s still to the right
-    up = synthetic._make_frame(10.5, 20.5, 0.0, True, -2, 2, 0, 3, 100, 100)
+    up = geometry._make_frame(10.5, 20.5, 0.0, True, -2, 2, 0, 3, 100, 100)
     assert up.y0 == 17 and up.t[:, 0].tolist() == [3, 2, 1, 0, -1]  # one spare row, as below
     assert up.s[0, :5].tolist() == [-2, -1, 0, 1, 2]
     # the box of coverage >= 0.5
@@ -270,7 +271,7 @@ def test_ensure_synthetic_generates_once_and_on_change(tmp_path, monkeypatch):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "generate_dataset", counting)
+    monkeypatch.setattr(synthetic.writer, "generate_dataset", counting)
     root = tmp_path / "data"
     assert ensure_synthetic(root, **small) == root and len(calls) == 1
     assert ensure_synthetic(root, **small) == root and len(calls) == 1  # up to date: untouched

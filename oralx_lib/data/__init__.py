@@ -1,20 +1,27 @@
-"""Data: the OralXrays-9 dataset, transforms, statistics and the synthetic generator.
-
-The generator (:mod:`oralx_lib.data.synthetic`) and the download tools
-(:mod:`oralx_lib.data.download`) are imported on use.
+"""Data: the OralXrays-9 dataset, transforms, statistics, the synthetic generator
+(:mod:`oralx_lib.data.synthetic`) and the tools that get the real release onto disk
+(:mod:`oralx_lib.data.real`); both are imported on use.
 """
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DatasetError
+from ..paths import default_data_root
+from . import transforms
 from .dataset import (
     SPLITS,
-    DatasetError,
     DatasetWarning,
     OralXrays9,
     annotation_file,
+    class_label,
     collate_fn,
+    dataset_fingerprint,
     image_dir,
     load_coco_json,
 )
-from . import transforms
 
 __all__ = [
     "SPLITS",
@@ -22,11 +29,14 @@ __all__ = [
     "DatasetWarning",
     "OralXrays9",
     "annotation_file",
+    "class_label",
     "collate_fn",
+    "dataset_fingerprint",
+    "ensure_synthetic",
     "image_dir",
     "load_coco_json",
+    "resolve_data_root",
     "transforms",
-    "ensure_synthetic",
 ]
 
 
@@ -36,3 +46,17 @@ def ensure_synthetic(root=None, **kwargs):
     from .synthetic import ensure_synthetic as _ensure
 
     return _ensure(root, **kwargs)
+
+
+def resolve_data_root(root: str | os.PathLike | None = None, *, prepare: bool = True) -> Path:
+    """The dataset root a run uses: ``root`` if given, else ``$ORALX_DATA``, else the embedded
+    synthetic set, generated first when ``prepare`` (a no-op when it is there and up to date).
+
+    The project's one data-root rule (training, the book's runs and the command line use it).
+    """
+    if root is not None:
+        return Path(root).expanduser()
+    path = default_data_root()
+    if prepare and not os.environ.get("ORALX_DATA"):
+        ensure_synthetic(path)
+    return path

@@ -21,12 +21,13 @@ label order.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,30 @@ def _norm_name(name: str) -> str:
 _NAME_TO_LABEL = {_norm_name(n): i + 1 for i, n in enumerate(CLASSES)}
 
 
+def class_label(name: str) -> int | None:
+    """The label ``1..9`` of a category name, or ``None`` if it is not one of the nine.
+
+    The one name rule of the project (the loader's and the verifier's): case, spaces, ``_``
+    and ``-`` do not matter (``"wisdom_tooth"`` is ``"Wisdom Tooth"``).
+    """
+    return _NAME_TO_LABEL.get(_norm_name(name))
+
+
 def annotation_file(root: str | os.PathLike, split: str) -> Path:
     """``root/annotations/instances_{split}2017.json``."""
     return Path(root) / "annotations" / f"instances_{split}2017.json"
+
+
+def dataset_fingerprint(root: str | os.PathLike, splits: Sequence[str | None] = SPLITS) -> str:
+    """A SHA-256 over the annotation files of ``splits`` (``"missing"`` for an absent one): the
+    project's one rule for "the same data" (a cached training run or an executed chapter is
+    reused only on the very same annotations; regenerating the synthetic set changes it)."""
+    digest = hashlib.sha256()
+    for split in splits:
+        if split:
+            path = annotation_file(root, split)
+            digest.update(path.read_bytes() if path.is_file() else b"missing")
+    return digest.hexdigest()
 
 
 def image_dir(root: str | os.PathLike, split: str) -> Path:
@@ -98,7 +120,7 @@ def category_label_map(categories: list[dict], path: Path | str = "<json>") -> d
     for cat in categories:
         if "id" not in cat or "name" not in cat:
             raise DatasetError(f"{path}: a category lacks 'id' or 'name': {cat!r}.")
-        label = _NAME_TO_LABEL.get(_norm_name(cat["name"]))
+        label = class_label(cat["name"])
         if label is None:
             raise DatasetError(
                 f"{path}: category name {cat['name']!r} (id {cat['id']}) is not one of the nine "

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -41,7 +40,6 @@ from oralx_lib import __version__
 from oralx_lib.data import collate_fn
 from oralx_lib.evaluation import evaluate_coco
 from oralx_lib.errors import ConfigError, TrainingError
-from oralx_lib.paths import default_data_root
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -75,16 +73,12 @@ RESUME_LOCKED = ("model", "backbone", "model_overrides")
 # ------------------------------------------------------------------------------------------------
 def resolve_data_root(config: TrainConfig, ctx: DistContext | None = None) -> Path:
     """``config.data_root``, else ``$ORALX_DATA``, else the embedded synthetic set (generated
-    on first use, by rank 0)."""
-    if config.data_root is not None:
-        return Path(config.data_root).expanduser()
-    root = default_data_root()
-    if os.environ.get("ORALX_DATA"):
-        return root
-    if ctx is None or ctx.is_main:
-        from oralx_lib.data import ensure_synthetic
+    on first use, by rank 0): :func:`oralx_lib.data.resolve_data_root`."""
+    from oralx_lib.data import resolve_data_root as data_root
 
-        ensure_synthetic(root)  # a no-op when the set is there and up to date
+    if config.data_root is not None:
+        return data_root(config.data_root)
+    root = data_root(prepare=ctx is None or ctx.is_main)
     if ctx is not None:
         barrier(ctx)
     return root
