@@ -29,23 +29,23 @@ setup: $(STAMP)
 data: setup
 	$(BIN)/python -c "from oralx_lib.data import ensure_synthetic; print('dataset:', ensure_synthetic('$(DATA)'))"
 
-# oralx_lib.bookbuild executes the chapters (cached in _build/stage, restarted if a kernel
+# booktools.bookbuild executes the chapters (cached in _build/stage, restarted if a kernel
 # stalls) and renders them with Jupyter Book (`jupyter-book build .` by hand works too).
 book: data
-	$(BIN)/python -m oralx_lib.bookbuild
+	$(BIN)/python -m booktools.bookbuild
 
 student: data
-	$(BIN)/python -m oralx_lib.bookbuild --student
+	$(BIN)/python -m booktools.bookbuild --student
 
 test: data
-	$(BIN)/python -m pytest tests --nbmake $$($(BIN)/python -m oralx_lib.notebooks toc) \
-		--nbmake-timeout=$(NB_TIMEOUT) --reruns 1 -p no:cacheprovider -p oralx_lib.kernelclient
+	$(BIN)/python -m pytest tests --nbmake $$($(BIN)/python -m booktools.notebooks toc) \
+		--nbmake-timeout=$(NB_TIMEOUT) --reruns 1 -p no:cacheprovider -p booktools.kernelclient
 
 test-fast: data
 	$(BIN)/python -m pytest tests -m "not slow"
 
 strip:
-	$(BIN)/python -m oralx_lib.notebooks strip book
+	$(BIN)/python -m booktools.notebooks strip book
 
 bench: data
 	$(BIN)/python benchmarks/bench_data.py --out benchmarks/results/data.json

@@ -1,7 +1,7 @@
 """The synthetic ablation: baseline, DI-RPN, CB-SCR and both, over several seeds.
 
 Each (model, seed) pair is trained with the engine's ``tiny`` profile on the synthetic set (or
-``--data``) through :func:`oralx_lib.experiments.run_experiment`, then evaluated on the whole
+``--data``) through :func:`oralx_lib.book.experiments.run_experiment`, then evaluated on the whole
 validation split. Reported per run and as mean +- standard deviation (``ddof=1``) over seeds:
 
 - ``AP``: COCO AP at IoU 0.5:0.95; ``AP50``; ``APs``: AP on small boxes (area < 32^2);
@@ -40,11 +40,11 @@ from tqdm import tqdm  # noqa: E402
 
 from _common import write_results  # noqa: E402
 from oralx_lib import CLASSES  # noqa: E402
-from oralx_lib.paths import ConfigError  # noqa: E402
+from oralx_lib.errors import ConfigError  # noqa: E402
 
 MODELS = ("faster_rcnn", "di_rpn", "cb_scr", "moqam_rcnn")
 METRICS = ("AP", "AP50", "APs", "rare_AP")
-#: What the ablation changes in the book's fast settings (``oralx_lib.experiments.BOOK_FAST``).
+#: What the ablation changes in the book's fast settings (``oralx_lib.profiles.BOOK_FAST``).
 #: 120 steps at the engine's SGD learning rate 1e-3 (the book's 48-step runs use 3e-4, which
 #: keeps the short baseline run from collapsing; over 120 steps 1e-3 learns faster).
 DEFAULTS = {"epochs": 4, "iters": 30, "lr": 1e-3}
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     import torch
 
     from oralx_lib import paths
-    from oralx_lib.experiments import run_experiment
+    from oralx_lib.book.experiments import run_experiment
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

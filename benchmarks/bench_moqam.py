@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from oralx_lib.models.factory import build_model  # noqa: E402
-from oralx_lib.models.moqam import MOQAM_PROFILES  # noqa: E402
+from oralx_lib.profiles import MOQAM_PROFILES  # noqa: E402
 
 HEADS = {
     # MOQAM head sizes at the release (the "full" profile) or smaller, without backbone/size

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import yaml
 
-from oralx_lib import bookbuild
+from booktools import bookbuild
 
 
 def _notebook(path, *sources):
@@ -67,7 +67,7 @@ def test_stage_sources_turns_execution_off(tmp_path):
     student = bookbuild.stage_sources(root, tmp_path / "student", student=True)
     config = yaml.safe_load((student / "_config.yml").read_text())
     assert config["sphinx"]["config"]["hide_solutions"] is True
-    assert "oralx_lib.student" in config["sphinx"]["extra_extensions"]
+    assert "booktools.student" in config["sphinx"]["extra_extensions"]
     assert config["execute"]["execute_notebooks"] == "off"
 
 
@@ -117,7 +117,7 @@ def test_kernelclient_waits_in_slices_until_the_callers_timeout(monkeypatch):
     import asyncio
     from queue import Empty
 
-    from oralx_lib import kernelclient
+    from booktools import kernelclient
 
     calls = []
 
@@ -146,7 +146,7 @@ def test_kernelclient_waits_in_slices_until_the_callers_timeout(monkeypatch):
 def test_kernelclient_install_is_idempotent():
     from jupyter_client.channels import AsyncZMQSocketChannel
 
-    from oralx_lib import kernelclient
+    from booktools import kernelclient
 
     kernelclient.install()
     assert kernelclient.installed()

@@ -253,17 +253,14 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_root, tmp_path, monkeypatch
     # (b) a crash in step 6 (mid-epoch 2): last.pt holds step 4; resume redoes 5 and 6. With a
     # loader worker process: per-item augmentation seeds make the losses independent of it.
     out_b = tmp_path / "b"
-    original = train_module._Run.train_step
 
-    def crash_at_step_6(self, images, targets):
-        if self.step == 5:
+    def crash_after_step_5(step):
+        if step == 5:
             raise KeyboardInterrupt
-        return original(self, images, targets)
 
-    monkeypatch.setattr(train_module._Run, "train_step", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tiny_root, out_b, checkpoint_every=2, workers=1), progress=False)
-    monkeypatch.undo()
+        train(tiny_config(tiny_root, out_b, checkpoint_every=2, workers=1), progress=False,
+              on_step=crash_after_step_5)
     state = load_checkpoint(out_b / "last.pt")
     assert (state["epoch"], state["iteration"], state["step"]) == (1, 1, 4)
     summary = train(tiny_config(tiny_root, out_b, checkpoint_every=2, workers=1),

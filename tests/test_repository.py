@@ -24,7 +24,7 @@ def test_every_chapter_in_the_toc_exists():
         files += [c["file"] for c in part["chapters"]]
     for f in files:
         assert any((ROOT / f"{f}{ext}").is_file() for ext in (".md", ".ipynb")), f
-    from oralx_lib.notebooks import toc_notebooks
+    from booktools.notebooks import toc_notebooks
 
     listed = toc_notebooks(ROOT / "_toc.yml")
     assert [p.stem for p in listed] == [f.split("/")[-1] for f in files

@@ -9,8 +9,8 @@ import torch
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, nms
 
-from oralx_lib import selfcheck
-from oralx_lib.selfcheck import basics
+from oralx_lib.book import selfcheck
+from oralx_lib.book.selfcheck import basics
 
 
 # ------------------------------------------------------------------ naive right answers

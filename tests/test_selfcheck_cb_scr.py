@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oralx_lib import selfcheck
+from oralx_lib.book import selfcheck
 from oralx_lib.models import balanced_supcon_loss
-from oralx_lib.selfcheck import cb_scr
+from oralx_lib.book.selfcheck import cb_scr
 
 
 # ------------------------------------------------------------------ naive right answers

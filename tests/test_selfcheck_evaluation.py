@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from oralx_lib import selfcheck
-from oralx_lib.selfcheck import evaluation as ev
+from oralx_lib.book import selfcheck
+from oralx_lib.book.selfcheck import evaluation as ev
 
 
 # ------------------------------------------------------------------ naive right answers

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from oralx_lib import selfcheck
-from oralx_lib.selfcheck import moqam
+from oralx_lib.book import selfcheck
+from oralx_lib.book.selfcheck import moqam
 
 # ------------------------------------------------------------------ right answers (formulas)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from oralx_lib import selfcheck
-from oralx_lib.selfcheck import rpn
+from oralx_lib.book import selfcheck
+from oralx_lib.book.selfcheck import rpn
 
 # ------------------------------------------------------------------ naive right answers
 
@@ -37,10 +37,6 @@ def loop_assign(iou):
     return torch.tensor(out, dtype=torch.int64)
 
 
-def loop_positives(matches, num_gt):
-    return torch.tensor([sum(int(m) == k for m in matches) for k in range(num_gt)])
-
-
 def loop_recall(proposals, gt, iou_thr=0.5):
     if len(proposals) == 0:
         return torch.zeros(len(gt), dtype=torch.bool)
@@ -52,18 +48,16 @@ def loop_recall(proposals, gt, iou_thr=0.5):
 
 def test_right_answers_pass(capsys):
     selfcheck.check_fixed_assignment(loop_assign)
-    selfcheck.check_positives_per_gt(loop_positives)
-    selfcheck.check_positives_per_gt(lambda m, k: torch.bincount(m + 2, minlength=k + 2)[2:])
     selfcheck.check_proposal_recall(loop_recall)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4
-    names = ["fixed_assignment", "positives_per_gt", "positives_per_gt", "proposal_recall"]
+    assert len(lines) == 2
+    names = ["fixed_assignment", "proposal_recall"]
     assert [line.split()[:2] for line in lines] == [["correct:", n] for n in names]
 
 
 def test_found_through_the_package():
     assert selfcheck.check_fixed_assignment is rpn.check_fixed_assignment
-    assert {"check_fixed_assignment", "check_positives_per_gt", "check_proposal_recall"} <= set(dir(selfcheck))
+    assert {"check_fixed_assignment", "check_proposal_recall"} <= set(dir(selfcheck))
 
 
 # ------------------------------------------------------------------ wrong answers fail
@@ -121,13 +115,6 @@ def test_assignment_without_ground_truth_must_be_negative():
 
     with pytest.raises(AssertionError, match="no ground truth"):
         rpn.check_fixed_assignment(crashes_on_empty)
-
-
-def test_wrong_positive_counts_rejected():
-    with pytest.raises(AssertionError, match="minlength"):
-        rpn.check_positives_per_gt(lambda m, k: torch.bincount(m[m >= 0]))
-    with pytest.raises(AssertionError, match="only the positives"):
-        rpn.check_positives_per_gt(lambda m, k: torch.bincount(m.clamp(min=0), minlength=k))
 
 
 def test_wrong_recall_rejected():

@@ -11,10 +11,10 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from oralx_lib.errors import ConfigError
-from oralx_lib.student import (
+from booktools.bookbuild import tools_env
+from booktools.student import (
     EXTENSION,
     SolutionMarkupError,
-    main_build_cache,
     remove_solutions,
     student_config,
     student_notebook,
@@ -134,25 +134,20 @@ def test_write_student_notebooks(tmp_path):
         write_student_notebooks(tmp_path / "missing", tmp_path / "out")
 
 
-def test_student_config_hides_solutions_and_reuses_the_cache(tmp_path):
+def test_student_config_hides_solutions(tmp_path):
     config = {"title": "OralX Book", "execute": {"execute_notebooks": "cache"},
               "sphinx": {"extra_extensions": ["sphinx_exercise"],
                          "config": {"hide_solutions": False, "nb_execution_show_tb": True}}}
     original = copy.deepcopy(config)
-    cfg = student_config(config, cache=tmp_path / "cache")
+    cfg = student_config(config)
     assert config == original
     assert cfg["sphinx"]["config"] == {"hide_solutions": True, "nb_execution_show_tb": True}
     assert cfg["sphinx"]["extra_extensions"] == ["sphinx_exercise", EXTENSION]
-    assert cfg["execute"] == {"execute_notebooks": "cache", "cache": str(tmp_path / "cache")}
+    assert cfg["execute"] == {"execute_notebooks": "cache"}
     assert cfg["title"] == "OralX Book (student edition)"
-    bare = student_config({}, cache=None)
+    bare = student_config({})
     assert bare["sphinx"]["extra_extensions"] == ["sphinx_exercise", EXTENSION]
     assert "execute" not in bare
-
-
-def test_main_build_cache(tmp_path):
-    assert main_build_cache(tmp_path, {}) == (tmp_path / "_build" / ".jupyter_cache").resolve()
-    assert main_build_cache(tmp_path, {"execute": {"cache": "c"}}) == (tmp_path / "c").resolve()
 
 
 def _sphinx_page(tmp_path, hide: bool) -> str:
@@ -186,7 +181,8 @@ def _sphinx_page(tmp_path, hide: bool) -> str:
         AFTER-TEXT
         """))
     result = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", str(src),
-                             str(src / "_out")], capture_output=True, text=True, timeout=120)
+                             str(src / "_out")], capture_output=True, text=True, timeout=120,
+                            env=tools_env())
     assert result.returncode == 0, result.stderr
     return (src / "_out" / "index.html").read_text()
 

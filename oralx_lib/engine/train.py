@@ -29,6 +29,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -241,8 +242,10 @@ def _to_device(images, targets, device):
 class _Run:
     """The state of one training run (model, optimiser, position, history) and its steps."""
 
-    def __init__(self, config: TrainConfig, ctx: DistContext, progress: bool) -> None:
+    def __init__(self, config: TrainConfig, ctx: DistContext, progress: bool,
+                 on_step: Callable[[int], None] | None = None) -> None:
         self.config = config
+        self.on_step = on_step
         self.ctx = ctx
         self.progress = progress and ctx.is_main
         self.out = Path(config.out_dir)
@@ -458,6 +461,8 @@ class _Run:
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                         and self.iteration < self.steps_per_epoch):
                     self.save(self.last_path)
+                if self.on_step is not None:
+                    self.on_step(self.step)
         finally:
             bar.close()
         self.end_epoch()
@@ -516,7 +521,8 @@ class _Run:
         }
 
 
-def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = False) -> dict:
+def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = False,
+          on_step: Callable[[int], None] | None = None) -> dict:
     """Train the model a config describes; see the module docstring for the step.
 
     Args:
@@ -526,6 +532,9 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
             (the config's ``epochs`` may be raised to train longer). Without a ``last.pt``
             training starts from scratch. Without ``resume``, an ``out_dir`` that already
             holds a ``last.pt`` is refused (it would be overwritten).
+        on_step: called with the number of optimizer steps done after each step has been
+            logged and checkpointed (e.g. to report progress elsewhere, or to stop: an
+            exception it raises ends the run there, as an interruption would).
 
     Returns:
         A summary: ``best_AP``, ``best_epoch``, ``best_checkpoint``, ``last_checkpoint``,
@@ -547,7 +556,7 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
                 f"{out} already holds a run ({last}): pass --resume (resume=True) to continue "
                 "it, or choose another output folder."
             )
-        run = _Run(config, ctx, progress)
+        run = _Run(config, ctx, progress, on_step)
         state = None
         if resume and last.is_file():
             state = load_checkpoint(last, map_location="cpu")

@@ -26,6 +26,7 @@ optionally Gaussian soft-NMS, at most ``detections_per_img`` boxes in original i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ from .moqam_transformer import (
 __all__ = [
     "MOQAM",
     "MOQAM_PROFILES",
+    "TrainingRecord",
     "ChannelMapper",
     "build_moqam",
     "box_iou_batched",
@@ -138,6 +140,36 @@ def box_iou_batched(boxes: Tensor) -> Tensor:
     return inter / union.clamp(min=1e-9)
 
 
+@dataclass
+class TrainingRecord:
+    """What one training forward pass of :class:`MOQAM` saw (:meth:`MOQAM.training_record`).
+
+    Boxes are in network-input pixels (after the transform's resize) unless said otherwise.
+
+    Attributes:
+        image_sizes: per image ``(height, width)`` after the resize.
+        targets: the targets after the resize (``boxes`` xyxy, ``labels`` in ``1..C``).
+        rpn: per image ``(anchors (A, 4), matches (A,))``: the RPN branch's anchors and its
+            assigner's answer (GT index / -1 negative / -2 ignored), before the sampler; empty
+            without an RPN branch.
+        samples: ``{"roi" | "atss": per image AuxSamples}`` for the branches that give the
+            decoder customized positive queries.
+        matched: per image ``(query index, GT index)``: the last decoder layer's one-to-one
+            (Hungarian) matching of the matching queries.
+        boxes: ``(B, K, 4)`` the last decoder layer's boxes of the matching queries, cxcywh
+            normalised by the resized image.
+        losses: the weighted losses of the step.
+    """
+
+    image_sizes: list[tuple[int, int]]
+    targets: list[dict[str, Tensor]]
+    rpn: list[tuple[Tensor, Tensor]]
+    samples: dict[str, list[AuxSamples]]
+    matched: list[tuple[Tensor, Tensor]]
+    boxes: Tensor
+    losses: dict[str, Tensor]
+
+
 class MOQAM(nn.Module):
     """MOQAM / Co-DINO detector with torchvision's train/eval contract.
 
@@ -177,6 +209,7 @@ class MOQAM(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.branches = branches
+        self._record: dict | None = None  # filled by training_record() only
         dim = decoder.embed_dim
         self.embed_dim = dim
         self.num_classes = num_classes
@@ -302,6 +335,8 @@ class MOQAM(nn.Module):
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         image_list, targets = self.transform(images, targets)
         sizes = [tuple(s) for s in image_list.image_sizes]
+        if self._record is not None:
+            self._record.update(image_sizes=sizes, targets=targets)
         memory, mask, shapes, ratios = self._encode(image_list.tensors, sizes)
         enc_logits, enc_boxes, _ = self._select_queries(memory, mask, shapes)
         batch, k = enc_boxes.shape[:2]
@@ -336,8 +371,10 @@ class MOQAM(nn.Module):
         n_dn = dn.num_queries if dn is not None else 0
         for i, (h, b) in enumerate(zip(hidden, boxes)):
             logits = self.class_heads[i](h)
-            self._add_matched_losses(losses, f"d{i}", logits[:, n_dn:], b[:, n_dn:],
-                                     gt_labels, gt_boxes, num_gt)
+            matches = self._add_matched_losses(losses, f"d{i}", logits[:, n_dn:], b[:, n_dn:],
+                                               gt_labels, gt_boxes, num_gt)
+            if self._record is not None and i == len(hidden) - 1:
+                self._record.update(matched=matches, boxes=b[:, n_dn:].detach())
             if dn is not None:
                 num_pos = float(sum(len(q) for q, _ in dn.matches))
                 terms = set_loss(logits[:, :n_dn], b[:, :n_dn], gt_labels, gt_boxes, dn.matches,
@@ -350,6 +387,26 @@ class MOQAM(nn.Module):
             losses.update(self._collaborative_losses(memory, shapes, ratios, mask, image_list,
                                                      targets, sizes))
         return losses
+
+    # ------------------------------------------------------------------ inspection
+    def training_record(self, images: list[Tensor], targets: list[dict[str, Tensor]]
+                        ) -> TrainingRecord:
+        """One training forward pass that also returns what it saw: the branches' positive
+        samples, the RPN's anchor assignment and the last decoder layer's one-to-one matching
+        (:class:`TrainingRecord`). The model must be in training mode; nothing is changed
+        besides what a training forward pass changes (none of the weights)."""
+        if not self.training:
+            raise ConfigError("training_record needs a model in training mode: call .train() "
+                              "first (on a copy, to leave the original as it is).")
+        self._record = {}
+        try:
+            losses = self(images, targets)
+            record = self._record
+        finally:
+            self._record = None
+        return TrainingRecord(image_sizes=record["image_sizes"], targets=record["targets"],
+                              rpn=record.get("rpn", []), samples=record.get("samples", {}),
+                              matched=record["matched"], boxes=record["boxes"], losses=losses)
 
     # ------------------------------------------------------------------ losses
     def _normalised_targets(self, targets, sizes):
@@ -372,6 +429,7 @@ class MOQAM(nn.Module):
         terms = set_loss(logits, boxes, gt_labels, gt_boxes, matches, num_positives=num_gt,
                          beta=self.qfl_beta)
         self._store(losses, tag, terms)
+        return matches
 
     def _collaborative_losses(self, memory, shapes, ratios, mask, image_list, targets, sizes):
         """Run the branches on the memory maps and the decoder on their positive samples."""
@@ -382,6 +440,10 @@ class MOQAM(nn.Module):
             start += h * w
         maps.append(self.aux_downsample(maps[-1]))
         losses, samples = self.branches(maps, image_list, targets)
+        if self._record is not None:
+            self._record["samples"] = dict(zip(self.branches.query_group_names, samples))
+            if self.branches.rpn is not None:
+                self._record["rpn"] = self.branches.rpn_assignment(maps, image_list, targets)
         groups = [self._aux_group(index, s, sizes) for index, s in enumerate(samples)]
         active = [g for g in groups if g is not None]
         zero = memory.sum() * 0.0  # a group without positives keeps its keys (graph-connected)

@@ -308,6 +308,21 @@ class CollaborativeBranches(nn.Module):
         """How many groups of customized queries the branches produce (RoI head, ATSS)."""
         return int(self.roi is not None) + int(self.atss is not None)
 
+    @property
+    def query_group_names(self) -> list[str]:
+        """The branches that give customized queries, in the order of their groups."""
+        return [name for name in ("roi", "atss") if getattr(self, name) is not None]
+
+    @torch.no_grad()
+    def rpn_assignment(self, maps: list[Tensor], images: ImageList,
+                       targets: list[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        """Per image ``(anchors (A, 4), matches (A,))``: the RPN branch's anchors on ``maps``
+        and what its assigner answers for them (GT index / -1 / -2), before any sampling."""
+        if self.rpn is None:
+            return []
+        anchors = self.rpn.anchor_generator(images, list(maps))
+        return [(a, self.rpn.assigner.assign(a, t["boxes"])) for a, t in zip(anchors, targets)]
+
     def forward(self, maps: list[Tensor], images: ImageList, targets: list[dict[str, Tensor]]
                 ) -> tuple[dict[str, Tensor], list[list[AuxSamples]]]:
         """Run the branches on the 6 memory maps.

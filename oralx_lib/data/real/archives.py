@@ -15,8 +15,8 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm

@@ -14,7 +14,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-
 from ...errors import ConfigError, DownloadError
 from ...files import atomic_write
 from ..dataset import DatasetError

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ...errors import DownloadError
 from ..dataset import DatasetError, annotation_file
+from .archives import _find_archives, extract_archive
 from .common import (
     ARCHIVE_PASSWORD,
     DRIVE_FOLDER_URL,
@@ -26,7 +27,6 @@ from .common import (
     _run_cli,
     _write_json_atomic,
 )
-from .archives import _find_archives, extract_archive
 from .layout import _coco_jsons, normalise_layout
 from .verify import verify_dataset
 

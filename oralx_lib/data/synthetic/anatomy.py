@@ -4,14 +4,12 @@ resolution and upsampled.
 
 from __future__ import annotations
 
-
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-
-from .scene import _Scene, _occlusal_y
 from .geometry import _band_noise, _lowres_resize
+from .scene import _Scene, _occlusal_y
 
 
 def _crest(sc: _Scene, arch: str, xs: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-
 from .scene import _KIND, _Slot
 
 

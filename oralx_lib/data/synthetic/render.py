@@ -10,12 +10,11 @@ from PIL import Image
 from scipy import ndimage
 
 from ...errors import ConfigError
-
 from ..dataset import SPLITS
-from .settings import DEFAULTS, _MIN_SIZE
-from .scene import _sample_scene
-from .geometry import _lowres_resize
 from .anatomy import _anatomy
+from .geometry import _lowres_resize
+from .scene import _sample_scene
+from .settings import DEFAULTS, _MIN_SIZE
 from .teeth import _draw_teeth
 
 

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-from .scene import _Scene, _Slot
 from .geometry import _Frame, _ToothShape, _blob_mask, _make_frame, _soft, _tooth_shape
+from .scene import _Scene, _Slot
 
 
 @dataclass

@@ -17,10 +17,9 @@ from ... import CLASSES
 from ...errors import ConfigError, DatasetError
 from ...files import write_bytes_atomic
 from ...paths import default_data_root
-
 from ..dataset import SPLITS
-from .settings import DEFAULTS, DESCRIPTION, GENERATOR_VERSION, MARKER, _FILE_RE, _JPEG_QUALITY
 from .render import _check_size, image_rng, render_panoramic
+from .settings import DEFAULTS, DESCRIPTION, GENERATOR_VERSION, MARKER, _FILE_RE, _JPEG_QUALITY
 
 
 def _params(train, val, test, seed, width, height) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Build the book: execute the chapters (cached, watched), then render them with Jupyter Book.
 
-``python -m oralx_lib.bookbuild`` is what ``make book`` runs; ``--student`` builds the student
+``python -m booktools.bookbuild`` is what ``make book`` runs; ``--student`` builds the student
 edition from the same executed notebooks (``make student``).
 
 Why not let Jupyter Book execute the notebooks itself
@@ -8,7 +8,7 @@ Why not let Jupyter Book execute the notebooks itself
 ``jupyter-book build .`` with ``execute_notebooks: cache`` works (``_config.yml`` keeps that
 setting for anyone who runs it by hand), but on a loaded machine a kernel/client pair can stop
 talking: the kernel sits idle, the client waits for a reply that never comes, and the build
-hangs until the cell timeout (25 minutes). :mod:`oralx_lib.kernelclient` explains the cause (a
+hangs until the cell timeout (25 minutes). :mod:`booktools.kernelclient` explains the cause (a
 missed wake-up in the client's wait) and removes it. As a second line of defence this builder
 runs each chapter with nbclient in a child process and watches the CPU time of that process
 tree: a chapter whose processes use (almost) no CPU for ``--stall`` seconds is stopped and run
@@ -42,10 +42,17 @@ from pathlib import Path
 import nbformat
 import yaml
 
+import oralx_lib
+from oralx_lib.data import dataset_fingerprint
+from oralx_lib.errors import ConfigError, OralXError
+from oralx_lib.files import atomic_write
+from oralx_lib.paths import default_data_root, repo_root
+
 from . import notebooks as _notebooks
-from .errors import ConfigError
-from .files import atomic_write
-from .paths import default_data_root, repo_root
+
+#: The folder that holds ``booktools`` (and ``oralx_lib`` in a source checkout): child processes
+#: (a chapter's execution, Sphinx loading the student extension) import ``booktools`` from it.
+TOOLS_ROOT = Path(__file__).resolve().parent.parent
 
 #: Environment variables that change what a chapter computes (part of the cache key).
 KEY_ENV = ("ORALX_PROFILE", "ORALX_DATA", "ORALX_RUNS")
@@ -53,7 +60,7 @@ STAGE = Path("_build") / "stage"
 KEY_FIELD = "oralx_build_key"
 
 
-class BookBuildError(RuntimeError):
+class BookBuildError(OralXError, RuntimeError):
     """A chapter failed to execute, or the Jupyter Book build failed."""
 
 
@@ -67,17 +74,12 @@ def _hash_files(h, files, base: Path) -> None:
 
 def environment_key(root: Path) -> str:
     """What every chapter depends on besides its own cells: the library's sources, the
-    dataset's annotation files (the synthetic set's are written deterministically from its
-    seed) and the profile variables."""
+    dataset (:func:`oralx_lib.data.dataset_fingerprint`, the project's one rule for "the same
+    data") and the profile variables."""
     h = hashlib.sha256()
-    lib = Path(__file__).resolve().parent
+    lib = Path(oralx_lib.__file__).resolve().parent
     _hash_files(h, lib.rglob("*.py"), lib)
-    data = default_data_root()
-    ann = data / "annotations"
-    if ann.is_dir():
-        _hash_files(h, ann.glob("*.json"), ann)
-    else:
-        h.update(f"no dataset at {data}".encode())
+    h.update(dataset_fingerprint(default_data_root()).encode())
     for name in KEY_ENV:
         h.update(f"{name}={os.environ.get(name, '')}".encode())
     return h.hexdigest()
@@ -178,11 +180,11 @@ def run_watched(src: Path, dst: Path, *, key: str, cell_timeout: int, stall: flo
     """
     import psutil
 
-    cmd = [sys.executable, "-m", "oralx_lib.bookbuild", "--execute-one", str(src), str(dst),
+    cmd = [sys.executable, "-m", "booktools.bookbuild", "--execute-one", str(src), str(dst),
            "--key", key, "--cell-timeout", str(cell_timeout)]
     for attempt in range(retries + 1):
         start = time.monotonic()
-        child = subprocess.Popen(cmd)
+        child = subprocess.Popen(cmd, env=tools_env())
         proc = psutil.Process(child.pid)
         last_cpu, last_time = _tree_cpu(proc), time.monotonic()
         stalled = False
@@ -208,6 +210,26 @@ def run_watched(src: Path, dst: Path, *, key: str, cell_timeout: int, stall: flo
                          f"`jupyter nbconvert --execute {src}` to see where it stops.")
 
 
+# ---------------------------------------------------------------------------- tools
+
+def tools_env() -> dict[str, str]:
+    """This process's environment with :data:`TOOLS_ROOT` first on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    parts = [str(TOOLS_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+def jupyter_book_command() -> str:
+    """The ``jupyter-book`` executable beside this Python, else the one on ``PATH``."""
+    local = Path(sys.executable).parent / "jupyter-book"
+    found = str(local) if local.is_file() else shutil.which("jupyter-book")
+    if found is None:
+        raise ConfigError("the jupyter-book command was not found; install the book tools: "
+                          "pip install -e '.[book]' (or run make book, which does it).")
+    return found
+
+
 # ---------------------------------------------------------------------------- stage
 
 def stage_sources(root: Path, stage: Path, *, student: bool = False) -> Path:
@@ -220,7 +242,7 @@ def stage_sources(root: Path, stage: Path, *, student: bool = False) -> Path:
     if student:
         from .student import student_config
 
-        config = student_config(config, cache=None)
+        config = student_config(config)
     execute = config.setdefault("execute", {}) or {}
     config["execute"] = execute
     execute["execute_notebooks"] = "off"
@@ -277,13 +299,11 @@ def execute_chapters(root: Path, stage: Path, *, cell_timeout: int, stall: float
 
 def render(stage: Path, out_parent: Path, *, warnings_as_errors: bool = False) -> Path:
     """``jupyter-book build STAGE --path-output OUT_PARENT``; return the html folder."""
-    from .student import _jupyter_book
-
-    cmd = [_jupyter_book(), "build", str(stage), "--path-output", str(out_parent),
+    cmd = [jupyter_book_command(), "build", str(stage), "--path-output", str(out_parent),
            "--builder", "html", "--keep-going"]
     if warnings_as_errors:
         cmd.append("-W")
-    result = subprocess.run(cmd, check=False)
+    result = subprocess.run(cmd, check=False, env=tools_env())
     html = out_parent / "_build" / "html"
     if result.returncode != 0 or not (html / "index.html").is_file():
         raise BookBuildError(f"jupyter-book build failed (exit {result.returncode}); its "
@@ -296,7 +316,7 @@ def build(root: Path | None = None, *, student: bool = False, cell_timeout: int 
     """Execute the chapters (cached) and render the site; return the html folder.
 
     The main site goes to ``ROOT/_build/html``. With ``student``, the student edition goes to
-    ``ROOT/_build/student/html`` (solutions removed, see :mod:`oralx_lib.student`) and the
+    ``ROOT/_build/student/html`` (solutions removed, see :mod:`booktools.student`) and the
     solution-free notebooks to ``ROOT/_build/student/notebooks``.
     """
     root = (root or repo_root() or Path.cwd()).resolve()
@@ -333,7 +353,7 @@ def build(root: Path | None = None, *, student: bool = False, cell_timeout: int 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m oralx_lib.bookbuild",
+        prog="python -m booktools.bookbuild",
         description="Execute the book's chapters (cached, restarted when a kernel stalls) and "
                     "build the site to _build/html (--student: _build/student).")
     parser.add_argument("--root", type=Path, default=None,
@@ -365,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         build(args.root, student=args.student, cell_timeout=args.cell_timeout,
               stall=args.stall, retries=args.retries,
               warnings_as_errors=args.warnings_as_errors)
-    except (BookBuildError, ConfigError) as exc:
+    except OralXError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
-from ..models import multi_scale_deformable_attention
-from ..models.moqam_denoising import denoising_attention_mask
-from ..models.moqam_losses import matching_cost
-from ..models.moqam_transformer import box_sine_embedding
+from ...models import multi_scale_deformable_attention
+from ...models.moqam_denoising import denoising_attention_mask
+from ...models.moqam_losses import matching_cost
+from ...models.moqam_transformer import box_sine_embedding
 from ._report import report as _report
 from .basics import _as_tensor, _compare
 

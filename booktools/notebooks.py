@@ -1,4 +1,4 @@
-"""Notebook housekeeping: ``python -m oralx_lib.notebooks strip book/`` removes outputs and
+"""Notebook housekeeping: ``python -m booktools.notebooks strip book/`` removes outputs and
 execution counts (notebooks are committed without outputs; the book build executes them) and
 sets the ``python3`` kernel every chapter runs on. ``check`` exits 1 if a notebook has outputs.
 ``toc`` prints the notebooks that ``_toc.yml`` lists (what ``make test`` executes)."""
@@ -62,7 +62,7 @@ def toc_notebooks(toc_path: str | Path = "_toc.yml") -> list[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oralx_lib.notebooks", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m booktools.notebooks", description=__doc__)
     parser.add_argument("command", choices=["strip", "check", "toc"])
     parser.add_argument("paths", nargs="*")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""What the RPN sees, measured and drawn: the chapters "The RPN baseline" and "DI-RPN, derived".
+"""What the RPN sees, measured: the chapters "The RPN baseline" and "DI-RPN, derived".
 
 A two-stage detector resizes every image before its RPN labels anchors, so everything here is
 measured in **network-input pixels** (after ``model.transform``'s resize), where the assigner
@@ -8,14 +8,13 @@ works:
   level and the ground truth, all in input pixels;
 - :func:`positives_per_gt` and :func:`gt_table`: how many positive anchors each ground-truth
   box receives under one or more assigners, and the best IoU any anchor reaches;
-- :func:`proposal_table`, :func:`recall_by` and :func:`plot_recall`: the recall of a trained
-  RPN's proposals (best proposal IoU >= 0.5) by object size and by class;
+- :func:`proposal_table` and :func:`recall_by`: the recall of a trained RPN's proposals (best
+  proposal IoU >= 0.5) by object size and by class;
 - :func:`best_iou_by_size`: the best IoU the anchor grid offers a square object of side ``s``
-  placed at many positions;
-- :func:`draw_assignment`, :func:`draw_threshold_setting` and :func:`threshold_explorer`:
-  figures and an ipywidgets explorer (with its drawing function exposed for a static figure).
+  placed at many positions.
 
-Boxes are ``(N, 4)`` xyxy; matches follow ``Matcher``'s convention (GT index / -1 / -2).
+The drawings are in :mod:`oralx_lib.book.rpn_figures`. Boxes are ``(N, 4)`` xyxy; matches
+follow ``Matcher``'s convention (GT index / -1 / -2).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -32,15 +30,9 @@ from torch import Tensor
 from torchvision.ops import box_area, box_iou
 from tqdm.auto import tqdm
 
-from . import CLASSES
-from .models import DynamicIoUAssigner, FixedIoUAssigner
-from .errors import ConfigError
-from .plots import CLASS_COLORS, SHORT_NAMES, to_numpy_image
-
-#: Colours of the three anchor labels in the figures.
-ASSIGNMENT_COLORS = {"positive": "#ffe600", "ignored": "#ff4dff", "negative": "#d62728"}
-#: Default size bins (``sqrt(w h)`` in network-input pixels) for recall tables.
-SIZE_BINS = (0, 8, 12, 16, 24, 32, 64, math.inf)
+from .. import CLASSES
+from ..errors import ConfigError
+from ..models import DynamicIoUAssigner, FixedIoUAssigner
 
 
 @dataclass
@@ -326,6 +318,10 @@ def proposal_sizes(model, dataset, *, indices: Sequence[int] | None = None,
     return {"table": table, "proposal_wh": prop, "gt_wh": gt, "collapsed": collapsed}
 
 
+#: Default size bins (``sqrt(w h)`` in network-input pixels) for recall tables.
+SIZE_BINS = (0, 8, 12, 16, 24, 32, 64, math.inf)
+
+
 def size_bin_labels(bins: Sequence[float] = SIZE_BINS) -> list[str]:
     """``["< 8", "8-12", ..., ">= 64"]`` for the size bins ``bins``."""
     labels = []
@@ -360,39 +356,6 @@ def recall_by(table: pd.DataFrame, by: str = "size", *, column: str = "recalled"
         raise ConfigError(f"recall_by: by={by!r}; use 'size' or 'class'.")
     out = table.groupby(groups, observed=True)[column].agg(["count", "mean"])
     return out[out["count"] > 0]
-
-
-def plot_recall(tables: Mapping[str, pd.DataFrame], by: str = "size", *, ax=None,
-                column: str = "recalled", bins: Sequence[float] = SIZE_BINS,
-                ylabel: str = "proposal recall (IoU >= 0.5)", title: str | None = None):
-    """Grouped bars of :func:`recall_by` for several tables (e.g. two models); the count of
-    boxes is written under each group. Returns the Axes."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(9, 3.4))
-    stats = {name: recall_by(t, by, column=column, bins=bins) for name, t in tables.items()}
-    groups = [g for g in (size_bin_labels(bins) if by == "size" else list(CLASSES))
-              if any(g in s.index for s in stats.values())]
-    width = 0.8 / max(len(stats), 1)
-    x = np.arange(len(groups))
-    for k, (name, s) in enumerate(stats.items()):
-        values = [float(s.loc[g, "mean"]) if g in s.index else np.nan for g in groups]
-        ax.bar(x + (k - (len(stats) - 1) / 2) * width, values, width, label=name)
-    first = next(iter(stats.values()))
-    names = groups if by == "size" else [SHORT_NAMES[g] for g in groups]
-    ticks = [f"{g}\n(n={int(first.loc[g, 'count']) if g in first.index else 0})" for g in names] \
-        if by == "size" else [f"{n}\n(n={int(first.loc[g, 'count']) if g in first.index else 0})"
-                              for n, g in zip(names, groups)]
-    ax.set_xticks(x, ticks, fontsize=8)
-    ax.set_xlabel(r"object size $\sqrt{wh}$ (network-input pixels)" if by == "size" else "class")
-    ax.set_ylabel(ylabel)
-    if column == "recalled":
-        ax.set_ylim(0, 1.05)
-    if len(stats) > 1:
-        ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    return ax
 
 
 def square_boxes(size: float, centres: Tensor) -> Tensor:
@@ -435,92 +398,6 @@ def best_iou_by_size(anchors: Tensor, sizes: Sequence[float], *, period: float =
     return torch.stack(rows)
 
 
-# ------------------------------------------------------------------------------- drawing
-
-def _region_around(boxes: Tensor, margin: float, image_size: tuple[int, int]) -> tuple[float, ...]:
-    x1, y1 = boxes[:, :2].min(0).values.tolist()
-    x2, y2 = boxes[:, 2:].max(0).values.tolist()
-    h, w = image_size
-    return (max(x1 - margin, 0), max(y1 - margin, 0), min(x2 + margin, w), min(y2 + margin, h))
-
-
-def draw_assignment(ax, view: NetworkView, matches: Tensor, *, region: Sequence[float] | None = None,
-                    gt_index: Sequence[int] | None = None, show_ignored: bool = True,
-                    max_positive: int = 400, max_ignored: int = 30, title: str | None = None):
-    """The resized X-ray, its ground truth (class colours, thick) and the anchors an assigner
-    labels positive (yellow) and ignored (magenta, dashed), inside ``region``.
-
-    Args:
-        view: from :func:`network_view` with a target.
-        matches: ``(A,)`` the assigner's output for ``view.anchors`` and ``view.boxes``.
-        region: ``(x1, y1, x2, y2)`` to show, input pixels (default: around ``gt_index``).
-        gt_index: ground truths to draw (default: all); anchors matched to others (ignored
-            anchors: whose best ground truth is another) are skipped.
-        max_positive, max_ignored: at most this many anchors of each kind are drawn, those of
-            highest IoU with the ground truth shown first.
-
-    Returns:
-        ``{"positive": n, "ignored": n, "negative": n}`` counted over *all* anchors.
-    """
-    matches = torch.as_tensor(matches)
-    keep_gt = list(range(len(view.boxes))) if gt_index is None else list(gt_index)
-    if region is None:
-        region = _region_around(view.boxes[keep_gt], 24, view.image_size) if keep_gt else \
-            (0, 0, view.image_size[1], view.image_size[0])
-    x1, y1, x2, y2 = region
-    ax.imshow(to_numpy_image(view.input_image), cmap="gray", vmin=0, vmax=1)
-    inside = ((view.anchors[:, 0] < x2) & (view.anchors[:, 2] > x1)
-              & (view.anchors[:, 1] < y2) & (view.anchors[:, 3] > y1))
-    is_pos = (matches >= 0) & inside
-    is_ignored = (matches == -2) & inside
-    shown = torch.as_tensor(keep_gt, dtype=torch.int64)
-    if gt_index is not None:
-        is_pos &= torch.isin(matches, shown.to(matches.dtype))
-    kinds = [("positive", is_pos, "-", 1.2, max_positive)]
-    if show_ignored:
-        kinds.insert(0, ("ignored", is_ignored, "--", 0.6, max_ignored))
-    for kind, mask, style, lw, limit in kinds:
-        idx = torch.nonzero(mask).flatten()
-        if len(idx) and len(shown):
-            iou = box_iou(view.boxes[shown], view.anchors[idx])  # (K_shown, n)
-            if kind == "ignored":
-                # Ignored anchors carry no GT index: keep those whose best ground truth is shown.
-                best_gt = box_iou(view.boxes, view.anchors[idx]).argmax(dim=0)
-                keep = torch.isin(best_gt, shown)
-                idx, iou = idx[keep], iou[:, keep]
-            idx = idx[iou.max(dim=0).values.argsort(descending=True)] if len(idx) else idx
-        for box in view.anchors[idx[:limit]].tolist():
-            ax.add_patch(plt.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
-                                       edgecolor=ASSIGNMENT_COLORS[kind], linewidth=lw, linestyle=style,
-                                       alpha=0.8))
-    for k in keep_gt:
-        bx1, by1, bx2, by2 = view.boxes[k].tolist()
-        name = CLASSES[int(view.labels[k]) - 1]
-        ax.add_patch(plt.Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False,
-                                   edgecolor=CLASS_COLORS[name], linewidth=2.4))
-        ax.text(bx1, by1 - 1, SHORT_NAMES[name], color="white", fontsize=7, va="bottom",
-                bbox=dict(facecolor=CLASS_COLORS[name], edgecolor="none", pad=0.6, alpha=0.85))
-    ax.set_xlim(x1, x2)
-    ax.set_ylim(y2, y1)
-    ax.set_axis_off()
-    counts = {"positive": int((matches >= 0).sum()), "ignored": int((matches == -2).sum()),
-              "negative": int((matches == -1).sum())}
-    if title:
-        ax.set_title(title, fontsize=9)
-    return counts
-
-
-def assignment_legend(ax_or_fig, **kwargs):
-    """Legend for :func:`draw_assignment`: positive, ignored, ground truth."""
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=ASSIGNMENT_COLORS["positive"], label="positive anchor"),
-               Line2D([], [], color=ASSIGNMENT_COLORS["ignored"], linestyle="--",
-                      label="ignored anchor (0.3 <= IoU < threshold)"),
-               Line2D([], [], color="black", linewidth=2.4, label="ground truth (class colour)")]
-    return ax_or_fig.legend(handles=handles, fontsize=8, frameon=False, **kwargs)
-
-
 def default_rules() -> dict[str, object]:
     """The three anchor rules the DI-RPN chapter compares, with the released constants."""
     return {
@@ -528,148 +405,3 @@ def default_rules() -> dict[str, object]:
         "DI-RPN released": DynamicIoUAssigner(cap_at_base=True),
         "DI-RPN clamped": DynamicIoUAssigner(cap_at_base=False),
     }
-
-
-RULE_COLORS = {"fixed 0.7": "#1f77b4", "DI-RPN released": "#d62728", "DI-RPN clamped": "#9467bd"}
-
-
-def draw_threshold_setting(axes, size: float, anchors: Tensor, *, offset: tuple[float, float] = (0.0, 0.0),
-                           rules: Mapping[str, object] | None = None,
-                           curve_sizes: Sequence[float] | None = None,
-                           best_curve: Tensor | None = None) -> dict:
-    """Two panels for one object size: the threshold curves with ``size`` marked (left), and a
-    square object of that size with its positive anchors under each rule (right).
-
-    Args:
-        axes: two matplotlib Axes.
-        size: the object's side ``s`` (input pixels).
-        anchors: ``(A, 4)`` the anchors of an input image.
-        offset: the object's centre relative to the middle of the anchors' extent, pixels.
-        rules: ``{name: assigner}`` (default :func:`default_rules`).
-        curve_sizes, best_curve: sizes and the ``(len, P)`` output of :func:`best_iou_by_size`
-            to draw the best-anchor-IoU band; computed here when omitted.
-
-    Returns:
-        ``{"size", "thr_fixed", "thr_released", "thr_clamped", "best_iou", "positives": {rule: n}}``.
-    """
-    rules = default_rules() if rules is None else rules
-    ax_curve, ax_box = axes
-    if curve_sizes is None:
-        curve_sizes = np.geomspace(4, 96, 40).tolist()
-    if best_curve is None:
-        best_curve = best_iou_by_size(anchors, curve_sizes, positions=128)
-    s = torch.as_tensor(curve_sizes, dtype=torch.float32)
-    curve_boxes = torch.stack([torch.zeros_like(s), torch.zeros_like(s), s, s], dim=1)
-    released = DynamicIoUAssigner(cap_at_base=True)
-    clamped = DynamicIoUAssigner(cap_at_base=False)
-    ax_curve.fill_between(curve_sizes, best_curve.min(1).values, best_curve.max(1).values,
-                          color="0.85", label="best anchor IoU (min..max over positions)")
-    ax_curve.plot(curve_sizes, best_curve.median(1).values, color="0.4", lw=1.2,
-                  label="best anchor IoU (median)")
-    ax_curve.plot(curve_sizes, [0.7] * len(curve_sizes), color=RULE_COLORS["fixed 0.7"], label="fixed 0.7")
-    ax_curve.plot(curve_sizes, released.effective_thresholds(curve_boxes), color=RULE_COLORS["DI-RPN released"],
-                  lw=2, label="DI-RPN released: min(0.55, thr(s))")
-    ax_curve.plot(curve_sizes, clamped.effective_thresholds(curve_boxes), color=RULE_COLORS["DI-RPN clamped"],
-                  lw=2, linestyle="--", label="DI-RPN clamped: thr(s)")
-    ax_curve.axhline(0.3, color="k", lw=0.8, linestyle=":")
-    ax_curve.axvline(size, color="k", lw=1)
-    ax_curve.set_xscale("log")
-    ax_curve.set_xlabel(r"object size $s=\sqrt{wh}$ (input pixels)")
-    ax_curve.set_ylabel("IoU")
-    ax_curve.set_ylim(0, 1)
-    ax_curve.legend(fontsize=7, loc="lower right")
-    ax_curve.grid(alpha=0.3)
-
-    lo, hi = anchors[:, :2].min(0).values, anchors[:, 2:].max(0).values
-    centre = ((lo + hi) / 2).floor() + torch.tensor(offset, dtype=torch.float32)
-    gt = square_boxes(float(size), centre[None])
-    iou = box_iou(gt, anchors).nan_to_num_(0.0)
-    best = float(iou.max())
-    positives = {}
-    margin = max(size, 16.0) * 1.6
-    for k, (name, rule) in enumerate(rules.items()):
-        matches = rule(iou, gt)
-        positives[name] = int((matches >= 0).sum())
-        inset = 0.6 * k  # keep overlapping rectangles of different rules apart
-        for box in anchors[matches >= 0].tolist():
-            ax_box.add_patch(plt.Rectangle((box[0] - inset, box[1] - inset), box[2] - box[0] + 2 * inset,
-                                           box[3] - box[1] + 2 * inset, fill=False, lw=1.2,
-                                           edgecolor=RULE_COLORS.get(name, f"C{k}"), alpha=0.9))
-    gx1, gy1, gx2, gy2 = gt[0].tolist()
-    ax_box.add_patch(plt.Rectangle((gx1, gy1), gx2 - gx1, gy2 - gy1, fill=True, facecolor="0.2",
-                                   alpha=0.35, edgecolor="k", lw=2))
-    cx, cy = centre.tolist()
-    ax_box.set_xlim(cx - margin, cx + margin)
-    ax_box.set_ylim(cy + margin, cy - margin)
-    ax_box.set_aspect("equal")
-    ax_box.tick_params(labelsize=7)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=RULE_COLORS.get(name, f"C{k}"), label=f"{name} positive")
-               for k, name in enumerate(rules)]
-    ax_box.legend(handles=handles, fontsize=6, loc="lower left", frameon=True, framealpha=0.8)
-    thr_released = float(released.effective_thresholds(gt)[0])
-    thr_clamped = float(clamped.effective_thresholds(gt)[0])
-    ax_box.set_title(f"s = {size:.1f} px, best anchor IoU {best:.2f}\n"
-                     + ", ".join(f"{n}: {p}" for n, p in positives.items()), fontsize=8)
-    ax_curve.set_title(f"thresholds at s = {size:.1f}: fixed 0.70, released {thr_released:.2f}, "
-                       f"clamped {thr_clamped:.2f}", fontsize=8)
-    return {"size": float(size), "thr_fixed": 0.7, "thr_released": thr_released,
-            "thr_clamped": thr_clamped, "best_iou": best, "positives": positives}
-
-
-def threshold_explorer(anchors: Tensor, *, rules: Mapping[str, object] | None = None,
-                       width: float = 12.0):
-    """An explorer: object size (log slider) and sub-stride position; draws
-    :func:`draw_threshold_setting`. Returns the ``ipywidgets`` box to display."""
-    import ipywidgets as W
-    from IPython.display import display
-
-    curve_sizes = np.geomspace(4, 96, 40).tolist()
-    best_curve = best_iou_by_size(anchors, curve_sizes, positions=128)
-    size = W.FloatLogSlider(value=12, base=2, min=2, max=6.5, step=0.05, description="size (px)",
-                            continuous_update=False)
-    dx = W.FloatSlider(value=0.0, min=-8, max=8, step=0.5, description="shift x", continuous_update=False)
-    dy = W.FloatSlider(value=0.0, min=-8, max=8, step=0.5, description="shift y", continuous_update=False)
-    out = W.Output()
-
-    def redraw(*_):
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 2, figsize=(width, width * 0.36),
-                                     gridspec_kw={"width_ratios": [1.6, 1]})
-            draw_threshold_setting(axes, size.value, anchors, offset=(dx.value, dy.value), rules=rules,
-                                   curve_sizes=curve_sizes, best_curve=best_curve)
-            fig.tight_layout()
-            display(fig)
-            plt.close(fig)
-
-    for control in (size, dx, dy):
-        control.observe(redraw, names="value")
-    redraw()
-    return W.VBox([W.HBox([size, dx, dy]), out])
-
-
-__all__ = [
-    "ASSIGNMENT_COLORS",
-    "RULE_COLORS",
-    "SIZE_BINS",
-    "NetworkView",
-    "above_threshold_per_gt",
-    "assignment_legend",
-    "best_iou_by_size",
-    "default_rules",
-    "draw_assignment",
-    "draw_threshold_setting",
-    "gt_table",
-    "network_view",
-    "plot_recall",
-    "positives_per_gt",
-    "proposal_sizes",
-    "proposal_table",
-    "recall_by",
-    "rule_thresholds",
-    "size_bin_labels",
-    "square_boxes",
-    "threshold_explorer",
-]

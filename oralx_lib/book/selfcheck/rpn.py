@@ -5,7 +5,6 @@ check                           reference
 ==============================  ==============================================================
 ``check_fixed_assignment(fn)``  ``oralx_lib.models.FixedIoUAssigner(0.7, 0.3)`` (torchvision's
                                 ``Matcher`` with low-quality matches)
-``check_positives_per_gt(fn)``  ``oralx_lib.widgets_rpn.positives_per_gt``
 ``check_proposal_recall(fn)``   ``torchvision.ops.box_iou``: best proposal IoU >= threshold
 ==============================  ==============================================================
 
@@ -21,8 +20,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from ..models import FixedIoUAssigner
-from ..widgets_rpn import positives_per_gt
+from ...models import FixedIoUAssigner
 from ._report import report as _report
 from .basics import _compare, random_boxes
 
@@ -112,44 +110,6 @@ def check_fixed_assignment(fn: Callable[[Tensor], Tensor], *, seed: int = 0) -> 
     _report("fixed_assignment", len(cases) + 1)
 
 
-# ----------------------------------------------------------------------- positives per GT
-
-
-def check_positives_per_gt(fn: Callable[[Tensor, int], Tensor], *, seed: int = 0) -> None:
-    """``fn(matches (N,), num_gt) -> (K,)``: how many anchors each ground truth gets as
-    positives (``matches`` in ``Matcher``'s convention: GT index, -1 negative, -2 ignored)."""
-    cases = [
-        (torch.tensor([0, -1, -2, 0, 1]), 2, "two ground truths"),
-        (torch.tensor([-1, -1, -2]), 2, "no positives at all"),
-        (torch.tensor([2, 2, -1]), 4, "ground truths without positives at both ends"),
-        (torch.zeros(0, dtype=torch.int64), 3, "no anchors"),
-    ]
-    g = torch.Generator().manual_seed(seed)
-    for n, k in ((50, 3), (1000, 10), (20, 1)):
-        matches = torch.randint(-2, k, (n,), generator=g)
-        cases.append((matches, k, f"random {n} anchors, {k} ground truths"))
-    for matches, k, name in cases:
-        want = positives_per_gt(matches, k)
-        valid = matches[matches >= 0]
-        hints = [
-            (torch.bincount(matches.clamp(min=0), minlength=k)[:k],
-             "count only the positives (matches >= 0): clamping -1 and -2 to 0 counts negatives "
-             "and ignored anchors as positives of ground truth 0"),
-            (torch.bincount(valid) if len(valid) else torch.zeros(0, dtype=torch.int64),
-             f"return one count per ground truth, {k} of them, zeros included "
-             "(torch.bincount(..., minlength=num_gt))"),
-        ]
-        call = f"positives_per_gt({matches.tolist() if len(matches) <= 8 else '...'}, {k}) [{name}]"
-        got = torch.as_tensor(fn(matches.clone(), k))
-        if got.shape != want.shape:
-            raise AssertionError(
-                f"{call}: expected one count per ground truth, shape {tuple(want.shape)}, got "
-                f"{tuple(got.shape)}\n  hint: return {k} counts, zeros included "
-                "(torch.bincount(positives, minlength=num_gt))")
-        _compare(got, want, call=call, hints=hints, atol=0, rtol=0)
-    _report("positives_per_gt", len(cases))
-
-
 # ------------------------------------------------------------------------------ recall
 
 
@@ -198,4 +158,4 @@ def check_proposal_recall(fn: Callable[..., Tensor], *, seed: int = 0) -> None:
     _report("proposal_recall", len(cases))
 
 
-__all__ = ["check_fixed_assignment", "check_positives_per_gt", "check_proposal_recall"]
+__all__ = ["check_fixed_assignment", "check_proposal_recall"]

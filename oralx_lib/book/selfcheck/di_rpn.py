@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from ..models import DynamicIoUAssigner
+from ...models import DynamicIoUAssigner
 from ._report import report as _report
 from .basics import _compare, random_boxes
 

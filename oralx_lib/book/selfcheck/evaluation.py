@@ -25,8 +25,8 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from .. import CLASSES
-from ..evaluation import evaluate_coco, run_cocoeval
+from ... import CLASSES
+from ...evaluation import evaluate_coco, run_cocoeval
 from ._report import report as _report
 
 

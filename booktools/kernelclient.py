@@ -16,9 +16,9 @@ The guard
 :func:`install` makes every asyncio channel of jupyter_client wait in slices of at most
 :data:`SLICE` seconds, each slice a fresh poll that first checks the socket, until the caller's
 timeout is used up; a missed wake-up then costs at most one slice. Messages, their order and
-the callers' timeouts are unchanged. ``oralx_lib.bookbuild`` installs it in the process that
-executes a chapter; ``make test`` loads it into pytest (``-p oralx_lib.kernelclient``) for
-nbmake. The watchdog of :mod:`oralx_lib.bookbuild` stays as the second line of defence.
+the callers' timeouts are unchanged. ``booktools.bookbuild`` installs it in the process that
+executes a chapter; ``make test`` loads it into pytest (``-p booktools.kernelclient``) for
+nbmake. The watchdog of :mod:`booktools.bookbuild` stays as the second line of defence.
 """
 
 from __future__ import annotations
@@ -62,5 +62,5 @@ def installed() -> bool:
     return _ORIGINAL is not None
 
 
-def pytest_configure(config) -> None:  # pytest plugin: `pytest -p oralx_lib.kernelclient`
+def pytest_configure(config) -> None:  # pytest plugin: `pytest -p booktools.kernelclient`
     install()

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from . import paths
-from .data import dataset_fingerprint, resolve_data_root
-from .profiles import BOOK_FAST, engine_profile
+from .. import paths
+from ..data import dataset_fingerprint, resolve_data_root
+from ..profiles import BOOK_FAST, engine_profile
 
 @dataclass
 class Experiment:
@@ -38,7 +38,7 @@ class Experiment:
     @property
     def history(self) -> list[dict]:
         """The records of ``metrics.jsonl`` (training steps and evaluations)."""
-        from .engine import read_jsonl
+        from ..engine import read_jsonl
 
         return read_jsonl(self.out_dir / "metrics.jsonl")
 
@@ -50,13 +50,13 @@ class Experiment:
     def model(self) -> torch.nn.Module:
         """The trained model (best checkpoint by val AP, else the last), in eval mode."""
         if self._model is None:
-            from .engine import load_model
+            from ..engine import load_model
 
             self._model = load_model(self.checkpoint).eval()
         return self._model
 
     def _dataset(self, split: str):
-        from .data import OralXrays9
+        from ..data import OralXrays9
 
         return OralXrays9(self.config.data_root, split)
 
@@ -72,7 +72,7 @@ class Experiment:
         cached = self._cached(stem)
         if cached is not None:
             return cached
-        from .engine import evaluate_model
+        from ..engine import evaluate_model
 
         metrics, detections = evaluate_model(self.model(), self._dataset(split),
                                              max_dets=max_dets, progress=False)
@@ -114,7 +114,7 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
     A run whose saved ``config.json`` differs from the requested config, or that was trained on
     other annotation files, is moved aside to ``<name>.previous`` and trained again.
     """
-    from .engine import make_config, train
+    from ..engine import make_config, train
 
     prof = engine_profile(profile)
     data_root = resolve_data_root(data)

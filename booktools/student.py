@@ -1,11 +1,12 @@
 """The student edition of the book: the same chapters with every exercise's solution removed.
 
-``python -m oralx_lib.student --out _build/student`` (``make student``) writes
+``make student`` (``python -m booktools.bookbuild --student``, :mod:`booktools.bookbuild`)
+writes, from the same executed chapters as ``make book``:
 
-- ``OUT/html/``: a Jupyter Book build of the book's sources with sphinx-exercise's
-  ``hide_solutions: True``, built from a temporary configuration derived from ``_config.yml``;
-- ``OUT/notebooks/``: every notebook of ``book/`` without its solutions and without outputs,
-  ready to hand out.
+- ``_build/student/html/``: the site rendered with sphinx-exercise's ``hide_solutions: True``
+  (the configuration of :func:`student_config`, derived from ``_config.yml``);
+- ``_build/student/notebooks/``: every notebook of ``book/`` without its solutions and without
+  outputs (:func:`write_student_notebooks`), ready to hand out.
 
 What counts as a solution
 -------------------------
@@ -33,46 +34,34 @@ Two details of the HTML build
   module as a Sphinx extension (:func:`setup`): under ``hide_solutions`` it turns
   ``solution-start`` into a marker and removes the marker, everything after it and the
   ``solution-end`` node from the page, outputs of the solution's code cells included.
-- Execution results are reused: the temporary configuration points ``execute.cache`` at the main
-  build's jupyter-cache (``_build/.jupyter_cache`` unless ``_config.yml`` sets another). The
-  cache is keyed by the notebooks' code cells, which the student build does not change, so after
-  ``make book`` nothing is executed again; without a main build the notebooks run once and the
-  main build reuses the results.
+- Nothing is executed for the student edition: the build renders the notebooks
+  :mod:`booktools.bookbuild` executed (and cached) for the main site, so both editions show the
+  same results.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
-import yaml
 from tqdm.auto import tqdm
 
+from oralx_lib.errors import ConfigError, OralXError
+
 from . import notebooks as _notebooks
-from .errors import ConfigError
-from .paths import repo_root
 
 #: The Sphinx extension module that the student build adds (this module, see :func:`setup`).
-EXTENSION = "oralx_lib.student"
+EXTENSION = "booktools.student"
 
 _OPEN = re.compile(r"^\s{0,3}(?P<fence>`{3,}|:{3,})\{(?P<name>solution-start|solution-end|solution)\}")
 _CLOSE_CHARS = {"`", ":"}
 
 
-class SolutionMarkupError(ValueError):
+class SolutionMarkupError(OralXError, ValueError):
     """A notebook's solution directives are unbalanced (a ``solution-start`` without its
     ``solution-end``, or the reverse, or a directive fence that is never closed)."""
-
-
-class StudentBuildError(RuntimeError):
-    """The Jupyter Book build of the student edition failed."""
 
 
 # ------------------------------------------------------------------------ notebooks
@@ -175,7 +164,7 @@ def remove_solutions(nb: nbformat.NotebookNode, *, name: str = "notebook") -> nb
 
 def student_notebook(nb: nbformat.NotebookNode, *, name: str = "notebook") -> nbformat.NotebookNode:
     """``nb`` as handed to students: solutions removed (:func:`remove_solutions`), outputs and
-    execution counts stripped, the ``python3`` kernel set (:func:`oralx_lib.notebooks.strip`)."""
+    execution counts stripped, the ``python3`` kernel set (:func:`booktools.notebooks.strip`)."""
     out = remove_solutions(nb, name=name)
     _notebooks.strip(out)
     return out
@@ -200,11 +189,11 @@ def write_student_notebooks(book_dir: str | Path, out_dir: str | Path) -> list[P
 
 # ----------------------------------------------------------------------------- site
 
-def student_config(config: dict, *, cache: str | Path | None) -> dict:
+def student_config(config: dict) -> dict:
     """The student build's Jupyter Book configuration: a copy of ``config`` (the parsed
     ``_config.yml``) with ``sphinx.config.hide_solutions: True``, this module added to
-    ``sphinx.extra_extensions`` (after ``sphinx_exercise``), ``execute.cache`` set to ``cache``
-    (when given) and "(student edition)" appended to the title."""
+    ``sphinx.extra_extensions`` (after ``sphinx_exercise``) and "(student edition)" appended to
+    the title."""
     cfg = copy.deepcopy(config) if config else {}
     sphinx = cfg.setdefault("sphinx", {}) or {}
     cfg["sphinx"] = sphinx
@@ -217,90 +206,8 @@ def student_config(config: dict, *, cache: str | Path | None) -> dict:
     if EXTENSION not in extensions:
         extensions.append(EXTENSION)
     sphinx["extra_extensions"] = extensions
-    if cache is not None:
-        execute = cfg.setdefault("execute", {}) or {}
-        cfg["execute"] = execute
-        execute["cache"] = str(cache)
     cfg["title"] = f"{cfg.get('title', 'Book')} (student edition)"
     return cfg
-
-
-def main_build_cache(root: Path, config: dict) -> Path:
-    """Where the main build (``jupyter-book build ROOT``) keeps its jupyter-cache: the config's
-    ``execute.cache`` (relative to ``root``) or ``ROOT/_build/.jupyter_cache``."""
-    configured = ((config or {}).get("execute") or {}).get("cache")
-    if configured:
-        return (root / configured).resolve()
-    return (root / "_build" / ".jupyter_cache").resolve()
-
-
-def _jupyter_book() -> str:
-    local = Path(sys.executable).parent / "jupyter-book"
-    found = str(local) if local.is_file() else shutil.which("jupyter-book")
-    if found is None:
-        raise ConfigError("the jupyter-book command was not found; install the book tools: "
-                          "pip install -e '.[book]' (or run make book, which does it).")
-    return found
-
-
-def build_student_edition(out: str | Path, *, root: str | Path | None = None,
-                          config: str | Path | None = None, book_dir: str | Path | None = None,
-                          cache: str | Path | None = None, html: bool = True) -> Path:
-    """Build the student edition into ``out`` (``out/html``, ``out/notebooks``); return ``out``.
-
-    Args:
-        out: output folder (``_build/student``; relative paths are taken from the current
-            folder).
-        root: the book's root (the folder of ``_toc.yml``); default: this source checkout.
-        config: the configuration to derive from; default ``ROOT/_config.yml``.
-        book_dir: the chapters' folder for the solution-free notebooks; default ``ROOT/book``.
-        cache: jupyter-cache to read executed notebooks from; default the main build's
-            (:func:`main_build_cache`).
-        html: build the site (``False``: only the notebooks).
-
-    Raises:
-        ConfigError: a missing root, configuration or chapters' folder.
-        SolutionMarkupError: a chapter with unbalanced solution directives.
-        StudentBuildError: the Jupyter Book build failed (its messages are above the error).
-    """
-    root = Path(root) if root is not None else (repo_root() or Path.cwd())
-    root = root.resolve()
-    config_path = Path(config) if config is not None else root / "_config.yml"
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: no Jupyter Book configuration there; pass --root (the "
-                          "folder of _config.yml and _toc.yml) or --config.")
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    notebooks_out = out / "notebooks"
-    if notebooks_out.exists():
-        shutil.rmtree(notebooks_out)
-    written = write_student_notebooks(Path(book_dir) if book_dir else root / "book",
-                                      notebooks_out)
-    print(f"{len(written)} solution-free notebooks in {notebooks_out}")
-    if not html:
-        return out
-    user_config = yaml.safe_load(config_path.read_text(encoding="utf8")) or {}
-    cache = Path(cache).resolve() if cache is not None else main_build_cache(root, user_config)
-    with tempfile.TemporaryDirectory(prefix="oralx-student-") as tmp:
-        tmp = Path(tmp)
-        tmp_config = tmp / "_config.yml"
-        tmp_config.write_text(yaml.safe_dump(student_config(user_config, cache=cache),
-                                             sort_keys=False), encoding="utf8")
-        cmd = [_jupyter_book(), "build", str(root), "--config", str(tmp_config),
-               "--path-output", str(tmp), "--builder", "html", "--keep-going"]
-        print(f"building the student site (executed notebooks from {cache})")
-        result = subprocess.run(cmd, cwd=root, check=False)
-        built = tmp / "_build" / "html"
-        if result.returncode != 0 or not (built / "index.html").is_file():
-            raise StudentBuildError(
-                f"jupyter-book build of the student edition failed (exit {result.returncode}); "
-                f"its messages are above. The same sources must build with `make book` first.")
-        html_out = out / "html"
-        if html_out.exists():
-            shutil.rmtree(html_out)
-        shutil.copytree(built, html_out)
-    print(f"student site: {html_out / 'index.html'}")
-    return out
 
 
 # ------------------------------------------------------------------ Sphinx extension
@@ -353,36 +260,3 @@ def setup(app):
     app.add_directive("solution-start", HidingSolutionStart, override=True)
     app.add_transform(RemoveHiddenSolutions)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m oralx_lib.student",
-        description="Build the student edition: the site with solutions hidden (OUT/html) and "
-                    "solution-free notebooks (OUT/notebooks).")
-    parser.add_argument("--out", type=Path, default=Path("_build/student"),
-                        help="output folder (default: _build/student)")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="the book's root, the folder of _config.yml and _toc.yml "
-                             "(default: this checkout)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="configuration to derive from (default: ROOT/_config.yml)")
-    parser.add_argument("--book-dir", type=Path, default=None,
-                        help="folder of the chapters' notebooks (default: ROOT/book)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="jupyter-cache of executed notebooks (default: the main build's)")
-    parser.add_argument("--notebooks-only", action="store_true",
-                        help="only write the solution-free notebooks, no site")
-    args = parser.parse_args(argv)
-    try:
-        build_student_edition(args.out, root=args.root, config=args.config,
-                              book_dir=args.book_dir, cache=args.cache,
-                              html=not args.notebooks_only)
-    except (ConfigError, SolutionMarkupError, StudentBuildError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

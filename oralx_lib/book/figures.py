@@ -13,13 +13,16 @@ import numpy as np
 import torch
 from matplotlib.colors import to_hex
 
-from . import CLASSES
+from .. import CLASSES
+
 
 #: One colour per class (label ``k`` uses ``CLASS_COLORS[CLASSES[k - 1]]``): tab10 with its gray
 #: (invisible on an X-ray) replaced by cyan.
 CLASS_COLORS: dict[str, str] = {
     name: to_hex(plt.get_cmap("tab10")(9 if i == 7 else i)) for i, name in enumerate(CLASSES)
 }
+
+
 #: Short names for crowded figures.
 SHORT_NAMES: dict[str, str] = {
     "Apical Periodontitis": "AP", "Decay": "Decay", "Wisdom Tooth": "Wisdom",
@@ -225,3 +228,31 @@ def plot_boxes_per_image(per_image, ax=None, *, title: str | None = None):
     if title:
         ax.set_title(title)
     return ax
+
+
+def render_item(dataset, index: int, *, classes: Sequence[str] | None = None,
+                prediction: dict | None = None, score_thr: float = 0.3, ax=None,
+                width: float = 11.0):
+    """Draw item ``index`` with its ground truth (solid) and, if given, a prediction (dashed,
+    with scores), keeping only ``classes``. Returns the figure."""
+    image, target = dataset[index]
+    h, w = image.shape[-2:]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(width, width * h / w + 0.6))
+    else:
+        fig = ax.figure
+    shown = [n for n in CLASSES if classes is None or n in classes]
+    n_gt = sum(CLASSES[int(lab) - 1] in shown for lab in target["labels"])
+    title = f"item {index} (image id {target['image_id']}): {n_gt} ground-truth boxes"
+    draw_boxes(ax, image, target["boxes"], target["labels"], classes=shown, title=title)
+    if prediction is not None:
+        draw_boxes(ax, None, prediction["boxes"], prediction["labels"], prediction["scores"],
+                   classes=shown, score_thr=score_thr, linestyle="--")
+        n_pred = int(sum(
+            float(s) >= score_thr and CLASSES[int(lab) - 1] in shown
+            for s, lab in zip(prediction["scores"], prediction["labels"])))
+        ax.set_title(title + f"; {n_pred} predictions with score >= {score_thr:.2f} (dashed)",
+                     fontsize=9)
+    class_legend(fig, loc="lower center", ncol=5)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig

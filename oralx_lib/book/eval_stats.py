@@ -1,37 +1,29 @@
-"""Figures, measurements and explorers of the chapters "CB-SCR, derived" and "Evaluation and
-error analysis".
+"""Measurements of the chapters "CB-SCR, derived" and "Evaluation and error analysis".
 
-Three groups:
+- **A toy sphere** (:func:`optimise_on_sphere`, :func:`class_mean_angles`): free 3-D features
+  of an imbalanced toy set optimised on the unit sphere with a contrastive loss given as an
+  argument, to see where each class ends up.
+- **RoI features** (:func:`gt_roi_features`, :func:`pca_2d`, :func:`nearest_mean_accuracy`): the
+  box head's features of ground-truth boxes, the space CB-SCR regularises.
+- **Detection errors** (:func:`classify_detections`, :func:`error_counts`): every detection
+  labelled correct, duplicate, wrong class, poor localisation or background, and every missed box.
 
-- **A toy sphere** (:func:`optimise_on_sphere`, :func:`class_mean_angles`, :func:`plot_sphere`,
-  :func:`sphere_explorer`): free 3-D features of an imbalanced toy set optimised on the unit
-  sphere with a contrastive loss given as an argument, to see where each class ends up.
-- **RoI features** (:func:`gt_roi_features`, :func:`pca_2d`, :func:`nearest_mean_accuracy`,
-  :func:`plot_embedding`): the box head's features of ground-truth boxes, the space CB-SCR
-  regularises.
-- **Detection errors** (:func:`classify_detections`, :func:`error_counts`,
-  :func:`render_errors`, :func:`error_browser`): every detection labelled correct, duplicate,
-  wrong class, poor localisation or background, and every missed box.
-
-The explorers need a live kernel; each has a drawing function that a static page (and a test)
-calls directly.
+The drawings are in :mod:`oralx_lib.book.eval_figures`, the explorers in
+:mod:`oralx_lib.book.explorers`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 
-import matplotlib.pyplot as plt
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from . import CLASSES
-from .errors import ConfigError
-from .plots import CLASS_COLORS, draw_boxes
+from .. import CLASSES
+from ..errors import ConfigError
+
 
 #: ``loss_fn(features (N, D), labels (N,), centers (C, D), temperature) -> scalar``.
 SphereLoss = Callable[[Tensor, Tensor, Tensor, float], Tensor]
@@ -104,104 +96,6 @@ def nearest_class_angle(features: Tensor, labels: Tensor) -> Tensor:
     angles = class_mean_angles(features, labels).clone()
     angles.fill_diagonal_(float("inf"))
     return angles.min(dim=1).values
-
-
-def plot_sphere(ax, features: Tensor, labels: Tensor, *, centers: Tensor | None = None,
-                names: Sequence[str] | None = None, title: str | None = None,
-                colors: Sequence[str] | None = None, arcs_from: int | None = None):
-    """Points of a 3-D embedding on a wire-frame unit sphere, one colour per class; the
-    smallest class is drawn with larger markers. ``ax`` must be a 3-D Axes
-    (``fig.add_subplot(projection="3d")``).
-
-    ``arcs_from=k`` also draws the great-circle arcs from class ``k``'s mean direction to every
-    other class's, each labelled with its angle in degrees (:func:`class_mean_angles`)."""
-    if features.shape[1] != 3:
-        raise ConfigError(f"plot_sphere draws 3-D features, got dimension {features.shape[1]}")
-    u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 25), np.linspace(0, np.pi, 13))
-    ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85",
-                      linewidth=0.4)
-    num = int(labels.max()) + 1
-    counts = torch.bincount(labels, minlength=num)
-    colors = list(colors) if colors is not None else [plt.get_cmap("tab10")(k % 10)
-                                                      for k in range(num)]
-    z = features.detach().cpu().numpy()
-    for k in range(num):
-        pts = z[(labels == k).numpy()]
-        rare = int(counts[k]) == int(counts.min()) and int(counts.min()) < int(counts.max())
-        label = (names[k] if names is not None else f"class {k}") + f" (n={int(counts[k])})"
-        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=80 if rare else 30, color=colors[k],
-                   edgecolor="black" if rare else "none", linewidth=0.8, label=label,
-                   depthshade=False)
-        if centers is not None:
-            c = centers[k].detach().cpu().numpy()
-            ax.scatter([c[0]], [c[1]], [c[2]], marker="*", s=160, color=colors[k],
-                       edgecolor="black", linewidth=0.6, depthshade=False)
-    if arcs_from is not None:
-        means = F.normalize(torch.stack([features[labels == k].mean(0) for k in range(num)]),
-                            dim=1).double()
-        angles = class_mean_angles(features, labels)
-        a = means[arcs_from]
-        for k in range(num):
-            if k == arcs_from or not bool(torch.isfinite(angles[arcs_from, k])):
-                continue
-            theta = math.radians(float(angles[arcs_from, k]))
-            if theta < 1e-3:
-                continue
-            b = means[k]
-            # slerp between the two unit vectors, slightly outside the sphere to stay visible
-            t = torch.linspace(0, 1, 40, dtype=torch.float64)[:, None]
-            arc = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / math.sin(theta)
-            arc = (1.03 * arc).numpy()
-            ax.plot(arc[:, 0], arc[:, 1], arc[:, 2], color="black", lw=1.0)
-            mid = arc[len(arc) // 2] * 1.08
-            ax.text(mid[0], mid[1], mid[2], f"{math.degrees(theta):.0f}", fontsize=8)
-    ax.set_box_aspect((1, 1, 1))
-    ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xticks=[], yticks=[], zticks=[])
-    if title:
-        ax.set_title(title, fontsize=9)
-    return ax
-
-
-def sphere_explorer(counts: Sequence[int], losses: Mapping[str, SphereLoss], *,
-                    temperatures: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0),
-                    steps: int = 500, seed: int = 0):
-    """An explorer: a temperature slider and a choice of loss, redrawing the optimised toy
-    sphere (:func:`optimise_on_sphere`) with the angle from each class to its nearest
-    neighbour. Results are computed on demand and kept for the widget's lifetime. Returns the
-    ``ipywidgets`` box."""
-    import ipywidgets as W
-    from IPython.display import display
-
-    tau = W.SelectionSlider(options=list(temperatures),
-                            value=1.0 if 1.0 in temperatures else temperatures[-1],
-                            description="tau", continuous_update=False)
-    which = W.ToggleButtons(options=list(losses), description="loss")
-    out = W.Output()
-    cache: dict = {}
-
-    def redraw(*_):
-        key = (which.value, tau.value)
-        if key not in cache:
-            cache[key] = optimise_on_sphere(counts, losses[which.value], temperature=tau.value,
-                                            steps=steps, seed=seed)
-        res = cache[key]
-        angles = nearest_class_angle(res["features"], res["labels"])
-        with out:
-            out.clear_output(wait=True)
-            fig = plt.figure(figsize=(5.5, 5.2))
-            ax = fig.add_subplot(projection="3d")
-            plot_sphere(ax, res["features"], res["labels"],
-                        arcs_from=int(torch.tensor(list(counts)).argmin()),
-                        title=f"{which.value}, tau = {tau.value}: nearest-class angle "
-                              + ", ".join(f"{a:.0f}" for a in angles.tolist()) + " deg")
-            ax.legend(fontsize=7, loc="upper left")
-            display(fig)
-            plt.close(fig)
-
-    tau.observe(redraw, names="value")
-    which.observe(redraw, names="value")
-    redraw()
-    return W.VBox([W.HBox([which, tau]), out])
 
 
 # ============================================================================= RoI features
@@ -282,34 +176,9 @@ def nearest_mean_accuracy(features: Tensor, labels: Tensor) -> dict[int, float]:
     return result
 
 
-def plot_embedding(ax, points: Tensor, labels: Tensor, *, title: str | None = None,
-                   legend: bool = False):
-    """A 2-D scatter of ``points (M, 2)`` coloured by class (labels 1..9); rare classes on
-    top."""
-    pts = points.detach().cpu().numpy()
-    counts = torch.bincount(labels, minlength=len(CLASSES) + 1)
-    for lab in sorted(labels.unique().tolist(), key=lambda k: -int(counts[k])):
-        sel = (labels == lab).numpy()
-        name = CLASSES[lab - 1]
-        ax.scatter(pts[sel, 0], pts[sel, 1], s=10 if counts[lab] > 20 else 28,
-                   color=CLASS_COLORS[name], label=f"{name} ({int(counts[lab])})",
-                   alpha=0.8, edgecolor="black" if counts[lab] <= 20 else "none",
-                   linewidth=0.4)
-    ax.set(xticks=[], yticks=[])
-    if title:
-        ax.set_title(title, fontsize=9)
-    if legend:
-        ax.legend(fontsize=7, markerscale=1.5, loc="best")
-    return ax
-
-
 # =========================================================================== detection errors
 #: The kinds of detection, in the order figures and tables use.
 ERROR_TYPES: tuple[str, ...] = ("correct", "duplicate", "class", "localisation", "background")
-#: Colours of the kinds, and of a missed ground-truth box.
-ERROR_COLORS: dict[str, str] = {"correct": "#2ca02c", "duplicate": "#17becf",
-                                "class": "#ff7f0e", "localisation": "#9467bd",
-                                "background": "#d62728", "missed": "#ffdd00"}
 
 
 def classify_detections(prediction: Mapping[str, Tensor], target: Mapping[str, Tensor], *,
@@ -401,89 +270,3 @@ def error_counts(dataset, predictions: Sequence[Mapping[str, Tensor]], *,
             table[CLASSES[lab - 1]]["gt"] += 1
             table[CLASSES[lab - 1]]["missed"] += int(missed)
     return table
-
-
-def render_errors(dataset, index: int, prediction: Mapping[str, Tensor], *,
-                  score_thr: float = 0.3, iou_thr: float = 0.5, ax=None, width: float = 11.0):
-    """Item ``index`` with its ground truth (class colours, thin; missed boxes yellow, thick)
-    and the detections with ``score >= score_thr`` coloured by kind
-    (:func:`classify_detections`). Returns the figure."""
-    from matplotlib.patches import Patch, Rectangle
-
-    image, target = dataset[index]
-    h, w = image.shape[-2:]
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(width, width * h / w + 0.7))
-    else:
-        fig = ax.figure
-    res = classify_detections(prediction, target, iou_thr=iou_thr, score_thr=score_thr)
-    draw_boxes(ax, image, target["boxes"], target["labels"], linewidth=1.0, fontsize=6)
-    for box, missed in zip(target["boxes"].tolist(), res["missed"].tolist()):
-        if missed:
-            x1, y1, x2, y2 = box
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=2.6,
-                                   edgecolor=ERROR_COLORS["missed"]))
-    boxes = torch.as_tensor(prediction["boxes"]).reshape(-1, 4)
-    for det, kind in zip(res["kept"].tolist(), res["kinds"]):
-        x1, y1, x2, y2 = boxes[det].tolist()
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.6,
-                               linestyle="--", edgecolor=ERROR_COLORS[kind]))
-    counts = {k: res["kinds"].count(k) for k in ERROR_TYPES}
-    counts["missed"] = int(res["missed"].sum())
-    handles = [Patch(facecolor="none", edgecolor=ERROR_COLORS[k], linewidth=2,
-                     label=f"{k} ({counts[k]})") for k in (*ERROR_TYPES, "missed")]
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
-    ax.set_title(f"item {index}: {len(target['labels'])} boxes (solid, class colours); "
-                 f"detections with score >= {score_thr:.2f} (dashed) by kind at IoU {iou_thr}",
-                 fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
-
-
-def error_browser(dataset, predictions: Sequence[Mapping[str, Tensor]], *,
-                  score_thr: float = 0.3, iou_thr: float = 0.5, width: float = 11.0):
-    """An explorer over :func:`render_errors`: image slider, score threshold, IoU threshold.
-    ``predictions[i]`` belongs to item ``i``. Returns the ``ipywidgets`` box."""
-    import ipywidgets as W
-    from IPython.display import display
-
-    index = W.IntSlider(value=0, min=0, max=max(len(predictions) - 1, 0), description="image",
-                        continuous_update=False, layout=W.Layout(width="50%"))
-    score = W.FloatSlider(value=score_thr, min=0.05, max=0.95, step=0.05,
-                          description="min score", continuous_update=False)
-    iou = W.FloatSlider(value=iou_thr, min=0.3, max=0.9, step=0.05, description="IoU",
-                        continuous_update=False)
-    out = W.Output()
-
-    def redraw(*_):
-        with out:
-            out.clear_output(wait=True)
-            fig = render_errors(dataset, index.value, predictions[index.value],
-                                score_thr=score.value, iou_thr=iou.value, width=width)
-            display(fig)
-            plt.close(fig)
-
-    for control in (index, score, iou):
-        control.observe(redraw, names="value")
-    redraw()
-    return W.VBox([W.HBox([index, score, iou]), out])
-
-
-__all__ = [
-    "ERROR_COLORS",
-    "ERROR_TYPES",
-    "class_mean_angles",
-    "classify_detections",
-    "error_browser",
-    "error_counts",
-    "gt_roi_features",
-    "nearest_class_angle",
-    "nearest_mean_accuracy",
-    "optimise_on_sphere",
-    "pca_2d",
-    "plot_embedding",
-    "plot_sphere",
-    "render_errors",
-    "sphere_explorer",
-    "toy_labels",
-]

@@ -1,4 +1,4 @@
-"""widgets_moqam: the measurements read the model faithfully and leave it untouched."""
+"""oralx_lib.book.moqam_stats and moqam_figures: the measurements read the model faithfully and leave it untouched."""
 
 import matplotlib
 import pytest
@@ -7,7 +7,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from oralx_lib import widgets_moqam as wm  # noqa: E402
+from oralx_lib.book import moqam_stats as ms, moqam_figures as mf, explorers  # noqa: E402
 from oralx_lib.models import MOQAM_PROFILES, MSDeformAttn, build_moqam  # noqa: E402
 from oralx_lib.models.moqam_denoising import denoising_attention_mask  # noqa: E402
 from oralx_lib.errors import ConfigError  # noqa: E402
@@ -58,7 +58,7 @@ def test_deformable_sampling_reproduces_the_module(ref_dim):
     value = torch.randn(2, 26, 16)
     query = torch.randn(2, 7, 16)
     ref = torch.rand(2, 7, 2, ref_dim) * 0.6 + 0.2
-    locations, weights = wm.deformable_sampling(attn, query, ref, shapes)
+    locations, weights = ms.deformable_sampling(attn, query, ref, shapes)
     assert locations.shape == (2, 7, 2, 2, 3, 2) and weights.shape == (2, 7, 2, 2, 3)
     assert torch.allclose(weights.flatten(-2).sum(-1), torch.ones(2, 7, 2))
     from oralx_lib.models import multi_scale_deformable_attention
@@ -71,7 +71,7 @@ def test_deformable_sampling_reproduces_the_module(ref_dim):
 def test_deformable_sampling_rejects_bad_references():
     attn = MSDeformAttn(embed_dim=16, num_levels=1, num_heads=2, num_points=1)
     with pytest.raises(ConfigError, match="reference_points"):
-        wm.deformable_sampling(attn, torch.zeros(1, 1, 16), torch.zeros(1, 1, 1, 3),
+        ms.deformable_sampling(attn, torch.zeros(1, 1, 16), torch.zeros(1, 1, 1, 3),
                                torch.tensor([[2, 2]]))
 
 
@@ -82,7 +82,7 @@ def test_inspection_matches_the_models_output(model, sample):
     image, _ = sample
     before = _state(model)
     model.train()
-    insp = wm.inspect_queries(model, image)
+    insp = ms.inspect_queries(model, image)
     assert model.training  # mode restored
     model.eval()
     assert _same_state(before, model.state_dict())
@@ -91,7 +91,7 @@ def test_inspection_matches_the_models_output(model, sample):
     assert insp.locations.shape[:2] == (layers, queries) and insp.locations.shape[-1] == 2
     assert insp.original_size == (150, 260)
     k = 10
-    q, labels, scores = wm.top_queries(insp, k)
+    q, labels, scores = ms.top_queries(insp, k)
     det = insp.detections
     assert torch.allclose(scores, det["scores"][:k], atol=1e-5)
     assert torch.equal(labels, det["labels"][:k])
@@ -104,7 +104,7 @@ def test_initial_sampling_pattern_in_pixels(model, sample):
     """Fresh cross-attention: head 0 points along +x; its last point (k = P - 1) lands at
     c + (P / P) * w / 2, the right edge of the reference box, on every level."""
     image, _ = sample
-    insp = wm.inspect_queries(model, image)
+    insp = ms.inspect_queries(model, image)
     ref = insp.reference  # (Q, 4) xyxy pixels
     last = insp.locations[0, :, 0, :, -1]  # (Q, L, 2)
     assert torch.allclose(last[..., 0], ref[:, 2:3].expand_as(last[..., 0]), atol=1e-3)
@@ -121,7 +121,7 @@ def test_initial_sampling_pattern_in_pixels(model, sample):
 def test_collaborative_positives(model, sample):
     image, target = sample
     before = _state(model)
-    view = wm.collaborative_positives(model, image, target)
+    view = ms.collaborative_positives(model, image, target)
     assert _same_state(before, model.state_dict()) and not model.training
     assert torch.allclose(view.gt_boxes, target["boxes"], atol=1e-3)
     assert set(view.positives) == {"rpn", "roi", "atss"}
@@ -136,12 +136,12 @@ def test_collaborative_positives(model, sample):
     boxes, gt = view.matched
     assert sorted(gt.tolist()) == [0, 1, 2] and boxes.shape == (3, 4)
     assert view.queries_from["roi"] == min(int((roi_gt >= 0).sum()), 30)
-    table = wm.positives_per_gt(view)
+    table = ms.positives_table(view)
     assert list(table.columns) == ["class", "size (px)", "rpn", "roi", "atss", "matched"]
     assert table["matched"].tolist() == [1, 1, 1]
     assert table["roi"].sum() == len(roi_gt)
-    families = {wm.loss_family(n)[0] for n in view.losses}
-    assert families == set(wm.LOSS_FAMILIES)
+    families = {ms.loss_family(n)[0] for n in view.losses}
+    assert families == set(ms.LOSS_FAMILIES)
 
 
 def test_collaborative_positives_needs_branches(sample):
@@ -149,41 +149,41 @@ def test_collaborative_positives_needs_branches(sample):
     cfg.update(embed_dim=64, num_heads=4, ffn_dim=128, num_queries=20, min_size=128,
                max_size=224, aux_branches=())
     with pytest.raises(ConfigError, match="aux_branches"):
-        wm.collaborative_positives(build_moqam(**cfg), *sample)
+        ms.collaborative_positives(build_moqam(**cfg), *sample)
 
 
 # ------------------------------------------------------------------ losses by family
 
 
 def test_loss_family_names():
-    assert wm.loss_family("loss_cls_dn_d1") == ("dn", "cls", "d1", None)
-    assert wm.loss_family("loss_giou_aux0_d0") == ("aux", "giou", "d0", "aux0")
-    assert wm.loss_family("loss_bbox_enc") == ("enc", "bbox", None, None)
-    assert wm.loss_family("loss_bbox_d5") == ("dec", "bbox", "d5", None)
-    assert wm.loss_family("loss_rpn_cls") == ("rpn", "cls", None, None)
-    assert wm.loss_family("loss_atss_centerness") == ("atss", "centerness", None, None)
-    assert wm.loss_family("loss_roi_giou") == ("roi", "giou", None, None)
-    assert wm.loss_family("loss_cb_scr") == ("cb_scr", "cb_scr", None, None)
+    assert ms.loss_family("loss_cls_dn_d1") == ("dn", "cls", "d1", None)
+    assert ms.loss_family("loss_giou_aux0_d0") == ("aux", "giou", "d0", "aux0")
+    assert ms.loss_family("loss_bbox_enc") == ("enc", "bbox", None, None)
+    assert ms.loss_family("loss_bbox_d5") == ("dec", "bbox", "d5", None)
+    assert ms.loss_family("loss_rpn_cls") == ("rpn", "cls", None, None)
+    assert ms.loss_family("loss_atss_centerness") == ("atss", "centerness", None, None)
+    assert ms.loss_family("loss_roi_giou") == ("roi", "giou", None, None)
+    assert ms.loss_family("loss_cb_scr") == ("cb_scr", "cb_scr", None, None)
     with pytest.raises(ConfigError, match="loss_objectness"):
-        wm.loss_family("loss_objectness")
+        ms.loss_family("loss_objectness")
 
 
 def test_loss_table_and_history():
     losses = {"loss_rpn_cls": 1.0, "loss_cls_d0": 2.0, "loss_bbox_d0": 0.5,
               "loss_cls_dn_d0": torch.tensor(0.25), "loss_cb_scr": 3.0}
-    table = wm.loss_table(losses)
+    table = ms.loss_table(losses)
     assert table["family"].tolist() == ["dec", "dec", "dn", "rpn", "cb_scr"]
     assert table["value"].sum() == pytest.approx(6.75)
     records = [{"kind": "train", "step": s, "loss": 6.75 * s, "losses": {k: float(v) * s for k, v
                                                                          in losses.items()}}
                for s in (1, 2)] + [{"kind": "epoch", "epoch": 1}]
-    hist = wm.family_history(records)
+    hist = ms.family_history(records)
     assert list(hist.columns) == ["total", "dec", "dn", "rpn", "cb_scr"]
     assert hist.loc[2, "dec"] == pytest.approx(5.0) and hist.loc[1, "total"] == pytest.approx(6.75)
-    assert wm.family_history([]).empty
-    ax = wm.plot_loss_families(table)
+    assert ms.family_history([]).empty
+    ax = mf.plot_loss_families(table)
     assert len(ax.patches) > 0
-    ax2 = wm.plot_family_history(hist, smooth=2)
+    ax2 = mf.plot_family_history(hist, smooth=2)
     assert len(ax2.lines) == 5
     plt.close("all")
 
@@ -192,22 +192,22 @@ def test_loss_table_and_history():
 
 
 def test_part_parameters_cover_the_model(model):
-    table = wm.part_parameters(model)
+    table = ms.part_parameters(model)
     assert table["parameters"].sum() == sum(p.numel() for p in model.parameters())
     assert "other" not in table.index
-    assert set(table.index[table["at inference"]]) == set(wm.INFERENCE_PARTS)
+    assert set(table.index[table["at inference"]]) == set(ms.INFERENCE_PARTS)
     assert table.loc["query selection", "parameters"] > 0 and table.loc["CB-SCR", "parameters"] > 0
-    assert wm.part_of("class_heads.2.weight", 2) == "query selection"
-    assert wm.part_of("class_heads.1.weight", 2) == "decoder + heads"
+    assert ms.part_of("class_heads.2.weight", 2) == "query selection"
+    assert ms.part_of("class_heads.1.weight", 2) == "decoder + heads"
 
 
 def test_part_flops_and_calls(model, sample):
     image, target = sample
     before = _state(model)
-    eval_flops = wm.part_flops(model, [image])
-    train_flops = wm.part_flops(model, [image], [target])
+    eval_flops = ms.part_flops(model, [image])
+    train_flops = ms.part_flops(model, [image], [target])
     assert _same_state(before, model.state_dict()) and not model.training
-    assert set(eval_flops.index) <= set(wm.INFERENCE_PARTS) | {"other"}
+    assert set(eval_flops.index) <= set(ms.INFERENCE_PARTS) | {"other"}
     assert {"RPN (DI-RPN)", "RoI head", "ATSS head", "CB-SCR"} <= set(train_flops.index)
     assert train_flops.sum() > eval_flops.sum()
     # a 1x1 convolution's FLOPs by hand: neck level 0 of C2 (64 channels -> 64) on a
@@ -218,7 +218,7 @@ def test_part_flops_and_calls(model, sample):
         model.neck.lateral[0][0](x)
     assert fc.get_total_flops() == 2 * 64 * 64 * 32 * 56
     branches = {"rpn": model.branches.rpn, "roi": model.branches.roi, "atss": model.branches.atss}
-    with wm.count_calls(model, branches) as calls, torch.no_grad():
+    with ms.count_calls(model, branches) as calls, torch.no_grad():
         model([image])
     assert calls == {"rpn": 0, "roi": 0, "atss": 0}
 
@@ -228,23 +228,23 @@ def test_part_flops_and_calls(model, sample):
 
 def test_figures(model, sample):
     image, target = sample
-    insp = wm.inspect_queries(model, image)
-    fig = wm.render_queries(image, target, insp, layer=0, top_k=5)
+    insp = ms.inspect_queries(model, image)
+    fig = mf.render_queries(image, target, insp, layer=0, top_k=5)
     ax = fig.axes[0]
     assert len(ax.patches) >= 5 + 3 and len(ax.collections) >= 1
     plt.close(fig)
     fig, ax = plt.subplots()
-    wm.draw_sampling_points(ax, insp, [0, 1], image=image, title="t")
+    mf.draw_sampling_points(ax, insp, [0, 1], image=image, title="t")
     assert len(ax.collections) == 2 and len(ax.patches) == 4
     plt.close(fig)
-    view = wm.collaborative_positives(model, image, target)
+    view = ms.collaborative_positives(model, image, target)
     fig, axes = plt.subplots(1, 4)
-    wm.draw_positives(axes, image, view, gt_index=[0], region=(0, 0, 120, 120), max_boxes=5)
+    mf.draw_positives(axes, image, view, gt_index=[0], region=(0, 0, 120, 120), max_boxes=5)
     assert all(len(a.patches) >= 2 for a in axes)
     assert axes[0].get_xlim() == (0, 120)
     plt.close(fig)
     fig, ax = plt.subplots()
-    wm.plot_attention_mask(ax, denoising_attention_mask(3, 4, 5), num_groups=3, group_size=4)
+    mf.plot_attention_mask(ax, denoising_attention_mask(3, 4, 5), num_groups=3, group_size=4)
     assert ax.images[0].get_array().shape == (17, 17)
     plt.close(fig)
 
@@ -252,6 +252,6 @@ def test_figures(model, sample):
 def test_explorer_builds(model, sample):
     pytest.importorskip("ipywidgets")
     image, target = sample
-    box = wm.query_explorer(model, [(image, target)], top_k=3)
+    box = explorers.query_explorer(model, [(image, target)], top_k=3)
     assert len(box.children) == 2
     plt.close("all")

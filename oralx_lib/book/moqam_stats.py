@@ -1,7 +1,8 @@
-"""Measurements, figures and an explorer for the chapter "Query-aware mining: the complete MOQAM".
+"""Measurements for the chapter "Query-aware mining: the complete MOQAM".
 
-Everything here *reads* a :class:`~oralx_lib.models.MOQAM` (through forward hooks, or a copy of
-it), it never changes the model it is given:
+Everything here *reads* a :class:`~oralx_lib.models.MOQAM` (through forward hooks, its
+:meth:`~oralx_lib.models.MOQAM.training_record`, or a copy of it), it never changes the model it
+is given:
 
 - :func:`deformable_sampling` recomputes where a :class:`~oralx_lib.models.MSDeformAttn` module
   samples (locations and attention weights), so they can be drawn;
@@ -10,10 +11,12 @@ it), it never changes the model it is given:
 - :func:`collaborative_positives` runs one training forward pass on a copy of the model and
   returns the positive samples of every collaborative branch (RPN with DI-RPN, RoI head, ATSS),
   the queries the one-to-one Hungarian matching picked, and the loss dictionary;
+  :func:`positives_table` counts them per ground truth;
 - :func:`loss_table`, :func:`family_history`, :func:`part_parameters`, :func:`part_flops`
-  sort losses, parameters and FLOPs by the part of the model they belong to;
-- :func:`render_queries` draws the top queries of an image (boxes, scores, sampling points),
-  and :func:`query_explorer` is the ipywidgets browser that calls it.
+  sort losses, parameters and FLOPs by the part of the model they belong to.
+
+The drawings are in :mod:`oralx_lib.book.moqam_figures`, the query explorer in
+:mod:`oralx_lib.book.explorers`.
 
 Coordinates. Inside the query head a box is ``(cx, cy, w, h)`` normalised by the *unpadded*
 resized image; a sampling location is normalised by the padded feature map of its level, and
@@ -29,51 +32,21 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, box_iou
 
-from . import CLASSES
-from .models.moqam_losses import hungarian_match
-from .errors import ConfigError
-from .plots import CLASS_COLORS, class_legend, draw_boxes
-
-__all__ = [
-    "LOSS_FAMILIES",
-    "PARTS",
-    "INFERENCE_PARTS",
-    "deformable_sampling",
-    "QueryInspection",
-    "inspect_queries",
-    "top_queries",
-    "CollaborativeView",
-    "collaborative_positives",
-    "positives_per_gt",
-    "loss_family",
-    "loss_table",
-    "plot_loss_families",
-    "family_history",
-    "plot_family_history",
-    "part_of",
-    "part_parameters",
-    "part_flops",
-    "count_calls",
-    "draw_sampling_points",
-    "draw_positives",
-    "plot_attention_mask",
-    "render_queries",
-    "query_explorer",
-]
+from .. import CLASSES
+from ..errors import ConfigError
 
 
 def _check_moqam(model) -> None:
     for attr in ("decoder", "encoder", "class_heads", "transform"):
         if not hasattr(model, attr):
             raise ConfigError(
-                f"widgets_moqam needs the query-based MOQAM (build_model('moqam')); got "
+                f"oralx_lib.book.moqam_stats needs the query-based MOQAM (build_model('moqam')); got "
                 f"{type(model).__name__} without a {attr!r} part."
             )
 
@@ -230,23 +203,6 @@ def top_queries(inspection: QueryInspection, k: int, layer: int = -1
 # ------------------------------------------------------------------------------------------
 # The collaborative branches' positives, and one step's losses
 # ------------------------------------------------------------------------------------------
-class _RecordingAssigner:
-    """Wraps an anchor assigner and keeps what it was asked and answered (the RPN takes its
-    assigner as a part, so a copy of the model can carry this one instead)."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.calls: list[tuple[Tensor, Tensor, Tensor]] = []
-
-    def assign(self, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
-        matches = self.inner.assign(anchors, gt_boxes)
-        self.calls.append((anchors.detach(), gt_boxes.detach(), matches.detach()))
-        return matches
-
-    def __repr__(self) -> str:
-        return f"Recording({self.inner!r})"
-
-
 @dataclass
 class CollaborativeView:
     """One training forward pass on one image, seen through each branch.
@@ -290,8 +246,8 @@ def collaborative_positives(model: nn.Module, image: Tensor, target: Mapping[str
     every branch's positive samples, the one-to-one matched queries and the losses.
 
     The copy is put in training mode (random denoising noise and RoI sampling, seeded with
-    ``seed``); ``model`` itself is not touched. Needs the collaborative branches
-    (``aux_branches`` not empty).
+    ``seed``) and asked for its :meth:`~oralx_lib.models.MOQAM.training_record`; ``model``
+    itself is not touched. Needs the collaborative branches (``aux_branches`` not empty).
     """
     _check_moqam(model)
     if getattr(model, "branches", None) is None:
@@ -301,77 +257,43 @@ def collaborative_positives(model: nn.Module, image: Tensor, target: Mapping[str
         )
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
-    recorder = None
-    if net.branches.rpn is not None:
-        recorder = _RecordingAssigner(net.branches.rpn.assigner)
-        net.branches.rpn.assigner = recorder
-    record: dict = {"decoder": []}
-
-    def on_transform(_module, _args, output):
-        record["network_size"] = tuple(int(s) for s in output[0].image_sizes[0])
-        record["targets"] = output[1]
-
-    def on_branches(_module, _args, output):
-        record["groups"] = output[1]
-
-    def on_decoder(_module, args, output):
-        record["decoder"].append((args[6] if len(args) > 6 else None, output))
-
-    handles = [net.transform.register_forward_hook(on_transform),
-               net.branches.register_forward_hook(on_branches),
-               net.decoder.register_forward_hook(on_decoder)]
     torch.manual_seed(seed)
-    try:
-        target_d = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in target.items()}
-        losses = net([image.to(device)], [target_d])
-    finally:
-        for h in handles:
-            h.remove()
+    target_d = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in target.items()}
+    record = net.training_record([image.to(device)], [target_d])
 
     height, width = image.shape[-2:]
-    net_h, net_w = record["network_size"]
+    net_h, net_w = record.image_sizes[0]
     scale = torch.tensor([width / net_w, height / net_h] * 2)
-    gt_net = record["targets"][0]["boxes"].float().cpu()
-    gt_labels = record["targets"][0]["labels"].cpu()
+    gt_net = record.targets[0]["boxes"].float().cpu()
+    gt_labels = record.targets[0]["labels"].cpu()
     positives: dict[str, tuple[Tensor, Tensor]] = {}
-    if recorder is not None and recorder.calls:
-        anchors, _, matches = recorder.calls[-1]
+    if record.rpn:
+        anchors, matches = record.rpn[0]
         pos = matches.cpu() >= 0
         positives["rpn"] = (anchors.cpu()[pos].float() * scale, matches.cpu()[pos])
-    names = [n for n in ("roi", "atss") if getattr(net.branches, n) is not None]
     queries_from: dict[str, int] = {}
-    for name, samples in zip(names, record.get("groups", [])):
+    for name, samples in record.samples.items():
         s = samples[0]
         pos = s.labels.cpu() >= 0
         positives[name] = (s.boxes.cpu()[pos].float() * scale,
                            _gt_index(s.gt_boxes.cpu()[pos], gt_net))
         queries_from[name] = min(int(pos.sum()), int(net.num_aux_queries))
 
-    # The one-to-one matching of the last decoder layer. The first decoder call holds the
-    # denoising queries, then the matching ones; a matching row of the attention mask blocks
-    # exactly the denoising columns, so its count is the number of denoising queries.
-    attn_mask, (hidden, boxes) = record["decoder"][0]
-    n_dn = int(attn_mask[-1].sum()) if attn_mask is not None else 0
-    last = len(hidden) - 1
-    logits = net.class_heads[last](hidden[-1][0, n_dn:]).float()
-    pred = boxes[-1][0, n_dn:].float()
-    size_net = torch.tensor([net_w, net_h, net_w, net_h], dtype=torch.float32)
-    gt_cxcywh = box_convert(gt_net, "xyxy", "cxcywh") / size_net
-    q_index, g_index = hungarian_match(logits.cpu(), pred.cpu(), (gt_labels - 1),
-                                       gt_cxcywh, **net.match_costs)
+    # The one-to-one matching of the last decoder layer (query index, GT index), image 0.
+    q_index, g_index = (m.cpu() for m in record.matched[0])
     full = torch.tensor([width, height, width, height], dtype=torch.float32)
-    matched_boxes = box_convert(pred.cpu()[q_index], "cxcywh", "xyxy") * full
+    matched_boxes = box_convert(record.boxes[0].float().cpu()[q_index], "cxcywh", "xyxy") * full
     return CollaborativeView(
         gt_boxes=gt_net * scale,
         gt_labels=gt_labels,
         positives=positives,
         queries_from=queries_from,
         matched=(matched_boxes, g_index),
-        losses={k: float(v) for k, v in losses.items()},
+        losses={k: float(v) for k, v in record.losses.items()},
     )
 
 
-def positives_per_gt(view: CollaborativeView) -> pd.DataFrame:
+def positives_table(view: CollaborativeView) -> pd.DataFrame:
     """A table, one row per ground truth: class, size ``sqrt(w h)`` (original pixels) and the
     number of positives each branch gave it (``matched``: 1 per GT, the one-to-one matching)."""
     wh = (view.gt_boxes[:, 2:] - view.gt_boxes[:, :2]).clamp(min=0)
@@ -400,6 +322,8 @@ LOSS_FAMILIES: dict[str, str] = {
     "cb_scr": "CB-SCR on the RoI features",
     "atss": "ATSS branch",
 }
+
+
 _QUERY_LOSS = re.compile(r"^loss_(?P<term>[a-z0-9]+)_(?P<tag>.+)$")
 
 
@@ -450,30 +374,6 @@ def loss_table(losses: Mapping[str, float | Tensor]) -> pd.DataFrame:
     return table.sort_values(["_order", "name"]).drop(columns="_order").reset_index(drop=True)
 
 
-def plot_loss_families(table: pd.DataFrame, ax=None, *, title: str | None = None):
-    """Horizontal bars, one per family, stacked by loss term (the value of each term as the
-    total loss sums it). Returns the axes."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.6))
-    pivot = table.pivot_table(index="family", columns="term", values="value", aggfunc="sum",
-                              fill_value=0.0)
-    pivot = pivot.reindex([f for f in LOSS_FAMILIES if f in pivot.index])
-    left = np.zeros(len(pivot))
-    colors = plt.get_cmap("tab10")
-    for i, term in enumerate(pivot.columns):
-        values = pivot[term].to_numpy()
-        ax.barh(pivot.index, values, left=left, color=colors(i % 10), label=term)
-        left += values
-    for y, total in enumerate(left):
-        ax.text(total, y, f" {total:.2f}", va="center", fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("loss (weighted, as summed into the total)")
-    ax.set_xlim(0, left.max() * 1.15 if len(left) else 1)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
-    ax.set_title(title or "one training step's losses by family", fontsize=10)
-    return ax
-
-
 def family_history(records: Sequence[Mapping]) -> pd.DataFrame:
     """Training records of ``metrics.jsonl`` (``kind == "train"``, with a ``losses`` dict) ->
     a table indexed by ``step`` with one column per loss family (the sum of its terms) and
@@ -494,24 +394,6 @@ def family_history(records: Sequence[Mapping]) -> pd.DataFrame:
     return frame[["total"] + families]
 
 
-def plot_family_history(frame: pd.DataFrame, ax=None, *, smooth: int = 1,
-                        title: str | None = None):
-    """Each family's loss against the step (log scale), optionally a running mean over
-    ``smooth`` steps. Returns the axes."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.6))
-    data = frame.rolling(smooth, min_periods=1).mean() if smooth > 1 else frame
-    for column in data.columns:
-        style = dict(color="black", lw=2.0) if column == "total" else dict(lw=1.2)
-        ax.plot(data.index, data[column], label=column, **style)
-    ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="loss (log scale)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(title or "training loss by family", fontsize=10)
-    return ax
-
-
 # ------------------------------------------------------------------------------------------
 # Parameters, FLOPs and calls by part
 # ------------------------------------------------------------------------------------------
@@ -529,6 +411,8 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ATSS head", ("branches.atss.",)),
     ("customized queries", ("aux_",)),
 )
+
+
 #: The parts inference runs.
 INFERENCE_PARTS = ("backbone", "neck", "encoder", "query selection", "decoder + heads")
 
@@ -627,183 +511,3 @@ class count_calls:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-
-
-# ------------------------------------------------------------------------------------------
-# Figures
-# ------------------------------------------------------------------------------------------
-def _query_colors(n: int):
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def draw_sampling_points(ax, inspection: QueryInspection, queries: Sequence[int], *,
-                         layer: int = -1, image: Tensor | None = None, max_size: float = 60.0,
-                         show_boxes: bool = True, title: str | None = None):
-    """Draw the cross-attention sampling points of some queries at one decoder layer: one
-    colour per query, marker area proportional to the attention weight (all heads and levels),
-    the query's reference box (the previous layer's box, dotted) and its output box (solid).
-    ``image`` (optional) is drawn underneath."""
-    if image is not None:
-        draw_boxes(ax, image)
-    layer = layer % inspection.num_layers
-    colors = _query_colors(len(queries))
-    previous = inspection.reference if layer == 0 else inspection.boxes[layer - 1]
-    for color, q in zip(colors, queries):
-        loc = inspection.locations[layer, q].reshape(-1, 2)
-        w = inspection.weights[layer, q].reshape(-1)
-        ax.scatter(loc[:, 0], loc[:, 1], s=4 + max_size * w / w.max().clamp(min=1e-9),
-                   color=color, alpha=0.75, edgecolors="white", linewidths=0.3)
-        if show_boxes:
-            for box, style in ((previous[q], ":"), (inspection.boxes[layer, q], "-")):
-                x1, y1, x2, y2 = box.tolist()
-                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
-                                           edgecolor=color, linestyle=style, linewidth=1.4))
-    h, w_img = inspection.original_size
-    ax.set_xlim(0, w_img)
-    ax.set_ylim(h, 0)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return ax
-
-
-_BRANCH_TITLES = {
-    "rpn": "RPN positive anchors (DI-RPN)",
-    "roi": "RoI head positives (aux0 queries)",
-    "atss": "ATSS positives (aux1 queries)",
-    "matched": "Hungarian-matched queries",
-}
-
-
-def draw_positives(axes, image: Tensor, view: CollaborativeView, *,
-                   gt_index: Sequence[int] | None = None, region: Sequence[float] | None = None,
-                   max_boxes: int = 60):
-    """One panel per branch (``rpn``, ``roi``, ``atss``, then ``matched``): the ground truth
-    (thick, class colour) and the positives assigned to it (thin, same colour). ``gt_index``
-    keeps some ground truths only; ``region`` ``(x1, y1, x2, y2)`` zooms every panel.
-    At most ``max_boxes`` positives per panel are drawn (a random subset, fixed seed)."""
-    keep = (torch.arange(len(view.gt_labels)) if gt_index is None
-            else torch.as_tensor(list(gt_index), dtype=torch.int64))
-    panels = list(view.positives.items()) + [("matched", view.matched)]
-    g = torch.Generator().manual_seed(0)
-    for ax, (name, (boxes, gt)) in zip(np.ravel(axes), panels):
-        draw_boxes(ax, image)
-        sel = torch.isin(gt, keep)
-        b, k = boxes[sel], gt[sel]
-        if len(b) > max_boxes:
-            pick = torch.randperm(len(b), generator=g)[:max_boxes]
-            b, k = b[pick], k[pick]
-        for box, gi in zip(b.tolist(), k.tolist()):
-            color = CLASS_COLORS[CLASSES[int(view.gt_labels[gi]) - 1]]
-            matched = name == "matched"
-            ax.add_patch(plt.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1],
-                                       fill=False, edgecolor=color, alpha=0.9,
-                                       linewidth=1.6 if matched else 0.8,
-                                       linestyle="--" if matched else "-"))
-        for gi in keep.tolist():
-            x1, y1, x2, y2 = view.gt_boxes[gi].tolist()
-            color = CLASS_COLORS[CLASSES[int(view.gt_labels[gi]) - 1]]
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
-                                       edgecolor="white", linewidth=3.2))
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
-                                       edgecolor=color, linewidth=1.8))
-        if region is not None:
-            ax.set_xlim(region[0], region[2])
-            ax.set_ylim(region[3], region[1])
-        count = int(sel.sum())
-        ax.set_title(f"{_BRANCH_TITLES.get(name, name)}: {count}", fontsize=9)
-    return axes
-
-
-def plot_attention_mask(ax, mask: Tensor, *, num_groups: int, group_size: int,
-                        title: str | None = None):
-    """Show a decoder self-attention mask (True = blocked) as an image: black = may attend,
-    light = blocked, with the denoising groups and the matching part outlined."""
-    m = mask.detach().cpu().numpy().astype(float)
-    ax.imshow(m, cmap="Greys_r", vmin=-0.6, vmax=1.6, interpolation="nearest")
-    dn = num_groups * group_size
-    for g in range(num_groups + 1):
-        pos = g * group_size - 0.5
-        ax.axhline(pos, color="tab:orange", lw=0.6)
-        ax.axvline(pos, color="tab:orange", lw=0.6)
-    ax.axhline(dn - 0.5, color="tab:red", lw=1.2)
-    ax.axvline(dn - 0.5, color="tab:red", lw=1.2)
-    ax.set_xlabel("key (attended to)")
-    ax.set_ylabel("query (attending)")
-    ticks = [g * group_size + group_size / 2 - 0.5 for g in range(num_groups)]
-    ax.set_xticks(ticks + [dn + (m.shape[0] - dn) / 2])
-    ax.set_xticklabels([f"dn{g}" for g in range(num_groups)] + ["matching"], fontsize=7)
-    ax.set_yticks(ticks + [dn + (m.shape[0] - dn) / 2])
-    ax.set_yticklabels([f"dn{g}" for g in range(num_groups)] + ["matching"], fontsize=7)
-    ax.set_title(title or "self-attention mask (dark: allowed, light: blocked)", fontsize=9)
-    return ax
-
-
-def render_queries(image: Tensor, target: Mapping[str, Tensor] | None,
-                   inspection: QueryInspection, *, layer: int = -1, top_k: int = 8,
-                   show_points: bool = True, ax=None, width: float = 11.0):
-    """Draw an image's ground truth (solid, class colours) and its ``top_k`` (query, class)
-    pairs at decoder ``layer``: their boxes (dashed, with class and score) and, with
-    ``show_points``, the sampling points of those queries (:func:`draw_sampling_points`).
-    Returns the figure."""
-    h, w = image.shape[-2:]
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(width, width * h / w + 0.6))
-    else:
-        fig = ax.figure
-    layer = layer % inspection.num_layers
-    if target is not None:
-        draw_boxes(ax, image, target["boxes"], target["labels"], fontsize=7)
-    else:
-        draw_boxes(ax, image)
-    queries, labels, scores = top_queries(inspection, top_k, layer)
-    boxes = inspection.boxes[layer, queries]
-    draw_boxes(ax, None, boxes, labels, scores, linestyle="--", fontsize=7, score_thr=0.0)
-    if show_points and len(queries):
-        unique = list(dict.fromkeys(queries.tolist()))
-        draw_sampling_points(ax, inspection, unique, layer=layer, show_boxes=False)
-    best = f"{float(scores[0]):.2f}" if len(scores) else "-"
-    ax.set_title(f"decoder layer {layer + 1} of {inspection.num_layers}: top {len(queries)} "
-                 f"(query, class) pairs, best score {best}"
-                 + ("; dots: their sampling points" if show_points else ""), fontsize=9)
-    class_legend(fig, loc="lower center", ncol=5)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return fig
-
-
-def query_explorer(model: nn.Module, dataset, *, indices: Sequence[int] | None = None,
-                   top_k: int = 8, width: float = 11.0):
-    """An explorer of the query head: image, decoder layer and number of top queries
-    sliders, and a switch for the sampling points. Each image's :func:`inspect_queries` is
-    computed once and cached. Returns the ``ipywidgets`` box to display."""
-    import ipywidgets as W
-    from IPython.display import display
-
-    indices = list(range(len(dataset))) if indices is None else list(indices)
-    cache: dict[int, QueryInspection] = {}
-    num_layers = len(model.decoder.layers)
-    image_w = W.SelectionSlider(options=indices, value=indices[0], description="image",
-                                continuous_update=False, layout=W.Layout(width="50%"))
-    layer_w = W.IntSlider(value=num_layers, min=1, max=num_layers, description="layer",
-                          continuous_update=False)
-    topk_w = W.IntSlider(value=top_k, min=1, max=30, description="top k",
-                         continuous_update=False)
-    points_w = W.Checkbox(value=True, description="sampling points")
-    out = W.Output()
-
-    def redraw(*_):
-        index = image_w.value
-        image, target = dataset[index]
-        if index not in cache:
-            cache[index] = inspect_queries(model, image)
-        with out:
-            out.clear_output(wait=True)
-            fig = render_queries(image, target, cache[index], layer=layer_w.value - 1,
-                                 top_k=topk_w.value, show_points=points_w.value, width=width)
-            display(fig)
-            plt.close(fig)
-
-    for control in (image_w, layer_w, topk_w, points_w):
-        control.observe(redraw, names="value")
-    redraw()
-    return W.VBox([W.HBox([W.VBox([image_w, layer_w]), W.VBox([topk_w, points_w])]), out])

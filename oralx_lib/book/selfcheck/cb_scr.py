@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models import balanced_supcon_loss
+from ...models import balanced_supcon_loss
 from ._report import report as _report
 
 
