@@ -7,14 +7,11 @@ it, and call a drawing function of :mod:`oralx_lib.book` that a test can run wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from collections.abc import Mapping, Sequence
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch import Tensor
 from torch import Tensor, nn
 
 from .. import CLASSES

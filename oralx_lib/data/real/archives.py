@@ -14,8 +14,7 @@ import struct
 import subprocess
 import sys
 import zlib
-from collections.abc import Sequence
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 

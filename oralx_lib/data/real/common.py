@@ -14,9 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ...errors import ConfigError, DownloadError
+from ...errors import ConfigError, DatasetError, DownloadError
 from ...files import atomic_write
-from ..dataset import DatasetError
 
 
 #: The Google Drive folder of the release (from the dataset's README).

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ...errors import ConfigError
-from ..dataset import SPLITS, DatasetError, annotation_file, image_dir, load_coco_json
+from ..dataset import DatasetError, SPLITS, annotation_file, image_dir, load_coco_json
 from .common import _place, _run_cli, _write_json_atomic
 
 

@@ -18,14 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ... import CLASSES
-from ..dataset import (
-    SPLITS,
-    DatasetError,
-    annotation_file,
-    class_label,
-    image_dir,
-    load_coco_json,
-)
+from ..dataset import DatasetError, SPLITS, annotation_file, class_label, image_dir, load_coco_json
 from .common import PAPER_COUNTS, _run_cli, _write_json_atomic
 
 
