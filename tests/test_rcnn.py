@@ -241,3 +241,31 @@ def test_pretrained_backbone_is_frozen_like_the_release(monkeypatch):
     scratch = build_model("faster_rcnn", backbone="resnet18")
     assert all(p.requires_grad for p in scratch.backbone.parameters())
     assert any(isinstance(m, nn.BatchNorm2d) for m in scratch.backbone.modules())
+
+
+def test_di_rpn_upper_clamp_is_its_own_option():
+    # rpn_fg_iou_thresh is the fixed rule's threshold; DI-RPN's clamp is di_rpn_max_pos_iou_thr
+    model = build_model("di_rpn", backbone="resnet18", rpn_fg_iou_thresh=0.6)
+    assert model.rpn.assigner.pos_iou_thr == 0.7 and model.rpn.assigner.neg_iou_thr == 0.3
+    model = build_model("di_rpn", backbone="resnet18", di_rpn_max_pos_iou_thr=0.65)
+    assert model.rpn.assigner.pos_iou_thr == 0.65
+    baseline = build_model("faster_rcnn", backbone="resnet18", rpn_fg_iou_thresh=0.6)
+    assert baseline.rpn.assigner.pos_iou_thr == 0.6
+    with pytest.raises(ConfigError, match="di_rpn_max_pos_iou_thr.*DI-RPN"):
+        build_model("faster_rcnn", backbone="resnet18", di_rpn_max_pos_iou_thr=0.65)
+
+
+def test_moqam_branches_share_the_two_stage_option_names():
+    from oralx_lib.models.moqam_branches import build_collaborative_branches
+
+    branches = build_collaborative_branches(
+        ("rpn", "roi"), num_classes=9, embed_dim=64, rpn_pre_nms_top_n_train=300,
+        rpn_post_nms_top_n_test=50, box_batch_size_per_image=64, box_fg_iou_thresh=0.6,
+        box_bg_iou_thresh=0.4, di_rpn_slope=0.1, cb_scr_temperature=0.5)
+    assert branches.rpn._pre_nms_top_n == {"training": 300, "testing": 4000}
+    assert branches.rpn._post_nms_top_n == {"training": 1000, "testing": 50}
+    assert branches.rpn.assigner.slope == 0.1
+    heads = branches.roi.roi_heads
+    assert heads.fg_bg_sampler.batch_size_per_image == 64
+    assert (heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold) == (0.6, 0.4)
+    assert heads.cb_scr.temperature == 0.5
