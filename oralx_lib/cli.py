@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,6 +43,8 @@ EVALUATE_EXAMPLES = f"""examples:
 PREDICT_EXAMPLES = f"""examples:
   {PROG} predict --checkpoint runs/demo/best.pt xray1.png xray2.jpg --out preds/
   {PROG} predict --checkpoint runs/demo/best.pt my_xrays/ --out preds/ --score-thr 0.5
+  # next to the images: writes my_xrays/NAME.pred.png and NAME.pred.json, inputs untouched
+  {PROG} predict --checkpoint runs/demo/best.pt my_xrays/ --out my_xrays/
 """
 
 #: Subcommands owned by the data tools: name -> (module, function, help). They are imported
@@ -67,6 +70,10 @@ def project_errors() -> tuple[type[BaseException], ...]:
 # ------------------------------------------------------------------------------------------------
 # Parsing
 # ------------------------------------------------------------------------------------------------
+_NON_FINITE = ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity",
+               "-infinity")
+
+
 def parse_set(items: Sequence[str]) -> dict:
     """``["lr=1e-4", "model_overrides.min_size=320"]`` -> ``{"lr": 1e-4, "model_overrides":
     {"min_size": 320}}``. Values are read as JSON (numbers, true/false, null, lists), else
@@ -80,7 +87,8 @@ def parse_set(items: Sequence[str]) -> dict:
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
-            value = text
+            # nan / inf are numbers to the user (and refused by the config as not finite).
+            value = float(text) if text.strip().lower() in _NON_FINITE else text
         if "." in key:
             outer, inner = key.split(".", 1)
             if outer != "model_overrides":
@@ -144,12 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="detections on image files (overlays + JSON)",
                        formatter_class=formatter, epilog=PREDICT_EXAMPLES,
-                       description="Run a checkpoint on images (files or folders); write one "
-                                   "overlay PNG and one JSON per image.")
+                       description="Run a checkpoint on images (files or folders); write "
+                                   "NAME.pred.png (overlay) and NAME.pred.json per image. "
+                                   "--out may be the images' own folder: inputs are never "
+                                   "overwritten and *.pred.png files are never taken as "
+                                   "inputs. An unreadable file is skipped with a warning.")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-thr", type=float, default=0.3)
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images decoded and run together (memory grows with it; default 1)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the *.pred.png / *.pred.json of an earlier run in --out "
+                        "(input images are never overwritten)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -186,14 +202,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _at_least_one(flag: str, value: int, what: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{flag} {value}: {what} must be at least 1.")
+
+
 def cmd_evaluate(args) -> int:
     from oralx_lib.data import OralXrays9
     from oralx_lib.data.transforms import eval_transforms
     from oralx_lib.engine import load_checkpoint
     from oralx_lib.engine.distributed import resolve_device
     from oralx_lib.engine.inference import evaluate_model, load_model
+    from oralx_lib.engine.outputs import check_out_file
     from oralx_lib.paths import default_data_root
 
+    _at_least_one("--max-dets", args.max_dets, "the number of detections kept per image "
+                  "(the release reports 100 and 1000)")
+    _at_least_one("--batch-size", args.batch_size, "the number of images run together")
+    check_out_file(args.out, "--out", "metrics.json")
+    if args.detections:
+        check_out_file(args.detections, "--detections", "detections.json")
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     root = args.data
@@ -201,6 +229,7 @@ def cmd_evaluate(args) -> int:
         stored = load_checkpoint(args.checkpoint).get("config", {}).get("data_root")
         root = stored if stored is not None else default_data_root()
     dataset = OralXrays9(root, args.split, transforms=eval_transforms())
+    dataset.check_images(progress=not args.no_progress)
     metrics, detections = evaluate_model(model, dataset, batch_size=args.batch_size,
                                          device=device, progress=not args.no_progress,
                                          max_dets=args.max_dets)
@@ -223,15 +252,23 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from oralx_lib.engine.distributed import resolve_device
     from oralx_lib.engine.inference import load_model
-    from oralx_lib.engine.predict import image_paths, predict_images
+    from oralx_lib.engine.outputs import check_out_dir
+    from oralx_lib.engine.predict import image_paths, plan_outputs, predict_images
 
+    _at_least_one("--batch-size", args.batch_size, "the number of images run together")
+    check_out_dir(args.out)
+    paths = image_paths(args.images)
+    plan_outputs(paths, args.out, overwrite=args.overwrite)  # refuses before the model loads
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=device)
-    paths = image_paths(args.images)
     results = predict_images(model, paths, score_thr=args.score_thr, out_dir=args.out,
-                             device=device, progress=not args.no_progress)
+                             device=device, progress=not args.no_progress,
+                             batch_size=args.batch_size, overwrite=args.overwrite)
     total = sum(len(r["detections"]) for r in results)
-    print(f"{len(results)} images, {total} detections (score >= {args.score_thr}) -> {args.out}")
+    skipped = len(paths) - len(results)
+    print(f"{len(results)} images, {total} detections (score >= {args.score_thr}) -> {args.out}"
+          + (f"; {skipped} unreadable file(s) skipped (see the warnings above)"
+             if skipped else ""))
     return 0
 
 
@@ -249,6 +286,21 @@ def _forward(name: str, argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m oralx_lib`` and the ``oralx`` script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            # The project's own warnings as one `warning: ...` line; others as usual.
+            if category.__module__.startswith("oralx_lib."):
+                print(f"warning: {message}", file=sys.stderr if file is None else file)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         if argv and argv[0] in FORWARDED:
             return _forward(argv[0], argv[1:])

@@ -26,6 +26,11 @@ class DatasetError(OralXError, ValueError):
     """The dataset on disk is not what the loader needs; the message names the file and the fix."""
 
 
+class ImageReadError(DatasetError):
+    """An image file cannot be opened or decoded (empty, damaged, not an image, or larger than
+    Pillow's pixel limit); the message names the file and, where there is one, the fix."""
+
+
 class DownloadError(OralXError, RuntimeError):
     """Getting or unpacking the dataset failed; the message says why and what to do next."""
 
@@ -48,6 +53,7 @@ __all__ = [
     "DatasetError",
     "DownloadError",
     "EvaluationError",
+    "ImageReadError",
     "OralXError",
     "PretrainedWeightsError",
     "TrainingError",

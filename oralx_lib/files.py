@@ -3,7 +3,8 @@
 The data goes to a temporary file in the target's folder, is flushed to disk (``fsync``), and
 is renamed over the target with ``os.replace``, which is atomic on POSIX and Windows: a reader
 sees the old file or the new one, never a mixture. On any error the temporary file is removed
-and the target is untouched.
+and the target is untouched. The file gets the permissions ``open()`` would give it (``0666``
+minus the umask, e.g. ``0644``), not the ``0600`` of a temporary file.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, suffix: str = ".t
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
+        # mkstemp creates the file 0600; give it what open() would (0666 minus the umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -66,6 +69,20 @@ def write_text_atomic(path: str | os.PathLike, text: str, **kwargs) -> Path:
     with atomic_write(path, "w", **kwargs) as handle:
         handle.write(text)
     return Path(path)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system shows it (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -100,4 +100,4 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
                  "--no-progress"])
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == sorted(
-        [f"img{i}.{ext}" for i in range(4) for ext in ("png", "json")])
+        [f"img{i}.pred.{ext}" for i in range(4) for ext in ("png", "json")])

@@ -356,9 +356,9 @@ def test_predict_images_writes_overlays_and_json(tiny_root, tmp_path):
     assert len(results) == 2
     for path, result in zip(paths, results):
         assert result["image"] == str(path)
-        overlay = Image.open(tmp_path / "pred" / f"{path.stem}.png")
+        overlay = Image.open(tmp_path / "pred" / f"{path.stem}.pred.png")
         assert overlay.size == (128, 96) and overlay.mode == "RGB"
-        saved = json.loads((tmp_path / "pred" / f"{path.stem}.json").read_text())
+        saved = json.loads((tmp_path / "pred" / f"{path.stem}.pred.json").read_text())
         assert saved["width"] == 128 and saved["height"] == 96
         scores = [d["score"] for d in saved["detections"]]
         assert scores == sorted(scores, reverse=True)

@@ -2,7 +2,11 @@
 
 *Safe to write*: :func:`save_checkpoint` writes to a temporary file in the target's folder,
 flushes it to disk (``fsync``) and renames it over the target with ``os.replace``, which is atomic
-on POSIX and Windows. A crash or a full disk mid-save leaves the previous checkpoint intact.
+on POSIX and Windows. A crash or a full disk mid-save leaves the previous checkpoint intact (a
+full disk is reported as a :class:`CheckpointError` saying "no space left"); the temporary file
+a killed process leaves behind (``.last.pt.XXXX.tmp``) is removed by
+:func:`remove_stale_temporaries` when the next run starts. The checkpoint gets the permissions of
+any other output (``0666`` minus the umask, e.g. ``0644``).
 
 *Safe to open*: :func:`load_checkpoint` uses ``torch.load(..., weights_only=True)``, whose
 unpickler accepts only tensors and plain containers, so opening a checkpoint someone sent you
@@ -23,9 +27,11 @@ iterations already done in it) and ``step`` counts optimizer steps so far.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
+import shutil
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
@@ -72,9 +78,70 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """
     path = Path(path)
     check_plain(state)
-    with atomic_write(path, "wb") as handle:
-        torch.save(state, handle)
+    try:
+        with atomic_write(path, "wb", suffix=TEMP_SUFFIX) as handle:
+            torch.save(state, handle)
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise CheckpointError(
+                f"{path}: no space left on the device while writing the checkpoint "
+                f"(about {_state_megabytes(state):,.0f} MB; {_free_megabytes(path.parent):,.0f} "
+                f"MB free in {path.parent}). "
+                + (f"The previous {path.name} is kept. " if path.is_file() else "")
+                + "Free some space, then continue with --resume."
+            ) from None
+        raise
     return path
+
+
+#: Suffix of the temporary file a checkpoint is written to before the rename.
+TEMP_SUFFIX = ".tmp"
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _state_megabytes(state: Any) -> float:
+    total = 0
+
+    def walk(obj):
+        nonlocal total
+        if isinstance(obj, torch.Tensor):
+            total += obj.numel() * obj.element_size()
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+
+    walk(state)
+    return total / 2**20
+
+
+def _free_megabytes(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free / 2**20
+    except OSError:
+        return 0.0
+
+
+def remove_stale_temporaries(folder: str | os.PathLike,
+                             names: tuple[str, ...] = ("last.pt", "best.pt")) -> list[Path]:
+    """Delete the temporary files (``.last.pt.XXXX.tmp``) that :func:`save_checkpoint` leaves
+    behind when the process is killed mid-write; call it before a run starts writing into
+    ``folder``. Returns the paths removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for name in names:
+        for tmp in folder.glob(f".{name}.*{TEMP_SUFFIX}"):
+            try:
+                if tmp.is_file():
+                    tmp.unlink()
+                    removed.append(tmp)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -105,6 +172,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of state, found {type(state).__name__}.")
     return state
+
+
+def shape_mismatches(model: torch.nn.Module, weights: dict) -> str | None:
+    """Describe the weights of ``weights`` whose shape differs from ``model``'s (e.g. a head
+    trained for another number of classes), or ``None`` when every shared name fits."""
+    own = model.state_dict()
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in weights.items()
+           if k in own and torch.is_tensor(v) and tuple(v.shape) != tuple(own[k].shape)]
+    if not bad:
+        return None
+    shown = "; ".join(f"{k} is {list(a)} in the checkpoint but {list(b)} in the model"
+                      for k, a, b in bad[:3])
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    heads = [(a[0], b[0]) for k, a, b in bad
+             if a and b and a[0] != b[0] and ("cls" in k or "class" in k or "logits" in k)]
+    hint = ""
+    if heads:
+        ckpt, ours = heads[0]
+        hint = (f" Its classification head has {ckpt} outputs where this model has {ours}: it "
+                "was trained for a different number of classes (this library detects the 9 "
+                "OralXrays-9 classes).")
+    return f"{len(bad)} weight(s) have another shape: {shown}{more}.{hint}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,7 +277,9 @@ __all__ = [
     "check_plain",
     "load_checkpoint",
     "plain_state",
+    "remove_stale_temporaries",
     "restore_rng_state",
     "restore_state",
     "save_checkpoint",
+    "shape_mismatches",
 ]

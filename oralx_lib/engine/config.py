@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -141,6 +142,13 @@ class TrainConfig:
                 raise ConfigError(
                     f"config field {f.name!r} = {value!r} has the wrong type: expected "
                     f"{_type_name(hints[f.name])}."
+                )
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(
+                    f"config field {f.name!r} = {value}: must be a finite number"
+                    + (" > 0." if f.name == "lr" else ".")
                 )
         _choice("amp", self.amp, AMP_CHOICES)
         _choice("device", self.device, DEVICE_CHOICES)

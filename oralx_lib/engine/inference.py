@@ -26,7 +26,7 @@ from oralx_lib.data import collate_fn
 from oralx_lib.evaluation import evaluate_coco
 from oralx_lib.errors import ConfigError
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, shape_mismatches
 from .config import TrainConfig
 from .distributed import unwrap_model
 
@@ -183,8 +183,19 @@ def load_model(checkpoint_path: str | os.PathLike, map_location="cpu") -> torch.
                 f"{checkpoint_path}: no {key!r} entry; this is not a training checkpoint of "
                 "oralx_lib (last.pt / best.pt)."
             )
-    config = TrainConfig.from_dict(state["config"]).replace(pretrained_backbone=False)
+    try:
+        config = TrainConfig.from_dict(state["config"]).replace(pretrained_backbone=False)
+    except ConfigError as exc:
+        raise CheckpointError(f"{checkpoint_path}: its stored config is not valid ({exc})") \
+            from None
     model = build_from_config(config)
+    mismatch = shape_mismatches(model, state["model"])
+    if mismatch:
+        raise CheckpointError(
+            f"{checkpoint_path}: the weights do not fit model {config.model!r} / "
+            f"{config.backbone!r}: {mismatch} Use a checkpoint written by `python -m oralx_lib "
+            "train` for this library's classes."
+        )
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     # A backbone trained with frozen BatchNorm is rebuilt here without ImageNet weights, i.e.
     # with ordinary BatchNorm, which also counts batches: the same maths in eval mode.

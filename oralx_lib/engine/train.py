@@ -29,6 +29,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,9 +48,11 @@ from .checkpoint import (
     capture_rng_state,
     load_checkpoint,
     plain_state,
+    remove_stale_temporaries,
     restore_rng_state,
     restore_state,
     save_checkpoint,
+    shape_mismatches,
 )
 from .config import TrainConfig
 from .distributed import (
@@ -64,9 +67,15 @@ from .distributed import (
 )
 from .history import MetricsLog, plot_history
 from .inference import build_from_config, model_detections, unwrap_dataset
+from .outputs import check_out_dir
 
 #: Config fields that must not change when a run is resumed (the weights would not fit).
 RESUME_LOCKED = ("model", "backbone", "model_overrides")
+#: Config fields a resumed run applies to the restored optimiser / lr schedule when changed.
+RESUME_APPLIED = ("lr", "backbone_lr_mult", "weight_decay", "lr_milestones", "lr_gamma",
+                  "warmup_iters", "warmup_factor", "clip_grad_norm")
+#: Config fields that change the sample order or the steps per epoch when changed on resume.
+RESUME_LAYOUT = ("batch_size", "seed", "train_subset", "max_iters_per_epoch")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,6 +121,17 @@ def build_datasets(config: TrainConfig, ctx: DistContext | None = None):
         if config.val_subset is not None:
             val_set = Subset(val_set, range(min(config.val_subset, len(val_set))))
     return train_set, val_set
+
+
+def check_dataset_images(*datasets, progress: bool = False) -> None:
+    """Open the header of every image the datasets (``OralXrays9`` or ``Subset`` s of one; ``None``
+    is skipped) will read, so a missing, empty, damaged or oversized file is named before the
+    first step instead of when training reaches it."""
+    for dataset in datasets:
+        if dataset is None:
+            continue
+        base, indices = unwrap_dataset(dataset)
+        base.check_images(indices, progress=progress)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -257,6 +277,7 @@ class _Run:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.train_set, self.val_set = build_datasets(config, ctx)
+        check_dataset_images(self.train_set, self.val_set, progress=self.progress)
         self.steps_per_epoch = iters_per_epoch(len(self.train_set), config, ctx.world_size)
 
         random.seed(config.seed)
@@ -280,6 +301,7 @@ class _Run:
         self.history: list[dict] = []
         self.best_ap: float | None = None
         self.best_epoch: int | None = None
+        self.saved_step: int | None = None  # the step last.pt holds
         self._reset_epoch_totals()
 
     # -- position and checkpoints ---------------------------------------------------------------
@@ -312,6 +334,8 @@ class _Run:
         if self.ctx.is_main:
             for path in paths:
                 save_checkpoint(path, state)
+        if self.last_path in paths:
+            self.saved_step = self.step
         barrier(self.ctx)
 
     def restore(self, state: dict) -> None:
@@ -323,6 +347,12 @@ class _Run:
                     f"but this run asks for {name}={getattr(self.config, name)!r}. Resume with "
                     "the same setting, or start a new run in another --out folder."
                 )
+        mismatch = shape_mismatches(self.net, state.get("model", {}))
+        if mismatch:
+            raise ConfigError(
+                f"--resume: {self.last_path} does not fit this run: {mismatch} Start a new run "
+                "in another --out folder."
+            )
         try:
             self.net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -339,18 +369,53 @@ class _Run:
             restore_rng_state(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.step = int(state["step"])
+        self.saved_step = self.step
         self.history = list(state.get("history", []))
         self.best_ap, self.best_epoch = state.get("best_ap"), state.get("best_epoch")
         self.totals = state.get("epoch_totals") or self.totals
-        changed = [k for k in ("batch_size", "seed", "train_subset", "max_iters_per_epoch",
-                               "lr_milestones", "warmup_iters")
-                   if stored.get(k) != getattr(self.config, k)]
-        if state.get("world_size", 1) != self.ctx.world_size:
-            changed.append("world size")
-        if changed and self.ctx.is_main:
-            tqdm.write(f"note: resuming with changed {changed}: training goes on, but not "
-                       "step-for-step like the interrupted run (the lr schedule is the stored "
-                       "one).")
+        self.apply_changed_settings(stored, state.get("world_size", 1))
+
+    def apply_changed_settings(self, stored: dict, stored_world_size: int) -> None:
+        """After a resume, make the restored optimiser and lr schedule follow the settings of
+        *this* run where they differ from the checkpoint's (e.g. a lower ``lr`` after a NaN
+        stop), and print what changed.
+
+        The learning rate of each parameter group becomes what a run started with the new
+        settings would use at the current position (``lr`` or ``lr x backbone_lr_mult``, times
+        the warm-up and milestone factors reached so far); ``weight_decay`` is set in every
+        group; ``clip_grad_norm`` is read at every step anyway. AdamW's moment estimates are
+        kept. Unchanged settings leave the restored state untouched (an exact resume).
+        """
+        cfg = self.config
+        changed = {k: (stored.get(k), getattr(cfg, k)) for k in RESUME_APPLIED
+                   if k in stored and stored.get(k) != getattr(cfg, k)}
+        layout = {k: (stored.get(k), getattr(cfg, k)) for k in RESUME_LAYOUT
+                  if k in stored and stored.get(k) != getattr(cfg, k)}
+        if stored_world_size != self.ctx.world_size:
+            layout["world size"] = (stored_world_size, self.ctx.world_size)
+        if not changed and not layout:
+            return
+        if any(k != "clip_grad_norm" for k in changed) or any(k != "seed" for k in layout):
+            for group in self.optimizer.param_groups:
+                base = cfg.lr * (cfg.backbone_lr_mult if group.get("name") == "backbone" else 1)
+                group["lr"] = group["initial_lr"] = base
+                group["weight_decay"] = cfg.weight_decay
+            self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+            position = self.epoch * self.steps_per_epoch + self.iteration
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                for _ in range(position):
+                    self.scheduler.step()
+        if self.ctx.is_main:
+            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in {**changed, **layout}.items())
+            lrs = ", ".join(f"{g.get('name', i)} {g['lr']:.3g}"
+                            for i, g in enumerate(self.optimizer.param_groups))
+            text = (f"note: resuming {self.last_path} with changed settings: {what}. The restored "
+                    f"optimiser and lr schedule follow them (lr now: {lrs}).")
+            if layout:
+                text += (" The sample order or batch differs, so training goes on, but not "
+                         "step-for-step like the interrupted run.")
+            tqdm.write(text)
 
     # -- one step -------------------------------------------------------------------------------
     def train_step(self, images, targets) -> tuple[float, dict[str, float]]:
@@ -387,13 +452,22 @@ class _Run:
         return values[0], dict(zip(names, values[1:]))
 
     def _stop(self, where: str, what: str) -> None:
-        kept = (f"{self.last_path} keeps the last good state"
-                if self.last_path.is_file() else "no checkpoint was written yet")
         self.log.append({"kind": "error", "step": self.step + 1, "message": f"{where}: {what}"})
+        lower = f"{self.config.lr / 10:.3g}"
+        if self.last_path.is_file():
+            step = "?" if self.saved_step is None else self.saved_step
+            advice = (
+                f"{self.last_path} keeps the last good state (step {step}). Continue from it with "
+                f"a lower learning rate: run the same command again with `--resume --set "
+                f"lr={lower}` (now lr={self.config.lr:g}; the new rate is applied to the "
+                "restored optimiser)."
+            )
+        else:
+            advice = ("no checkpoint was written yet. Start again with a lower learning rate: "
+                      f"the same command with `--set lr={lower}` (now lr={self.config.lr:g}).")
         raise TrainingError(
-            f"{where}: {what}; training stopped before updating the weights, and {kept}. "
-            "Lower the learning rate (--set lr=...), keep gradient clipping on, or check the "
-            "data; then continue with --resume."
+            f"{where}: {what}; training stopped before updating the weights, and {advice} Keep "
+            "gradient clipping on (clip_grad_norm), and if it happens again check the data."
         )
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -548,6 +622,7 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     config.validate()
+    check_out_dir(config.out_dir)
     ctx = setup_distributed(config.device)
     try:
         out, last = Path(config.out_dir), Path(config.out_dir) / "last.pt"
@@ -556,6 +631,12 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
                 f"{out} already holds a run ({last}): pass --resume (resume=True) to continue "
                 "it, or choose another output folder."
             )
+        if ctx.is_main:
+            for stale in remove_stale_temporaries(out):
+                if progress:
+                    tqdm.write(f"note: removed {stale.name}, a checkpoint half-written when an "
+                               "earlier run was killed.")
+        barrier(ctx)
         run = _Run(config, ctx, progress, on_step)
         state = None
         if resume and last.is_file():
@@ -584,6 +665,7 @@ __all__ = [
     "amp_settings",
     "backbone_prefix",
     "build_datasets",
+    "check_dataset_images",
     "iters_per_epoch",
     "make_optimizer",
     "make_scheduler",

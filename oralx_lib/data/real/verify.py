@@ -18,7 +18,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ... import CLASSES
-from ..dataset import DatasetError, SPLITS, annotation_file, class_label, image_dir, load_coco_json
+from ...errors import ImageReadError
+from ..dataset import (DatasetError, SPLITS, annotation_file, class_label, image_dir,
+                       load_coco_json, normalisation_twin)
 from .common import PAPER_COUNTS, _run_cli, _write_json_atomic
 
 
@@ -123,14 +125,16 @@ def _examples(items: Sequence[Any], k: int = 3) -> str:
 def _check_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     """Open and fully decode an image; JPEGs at 1/8 scale (every byte is still read and
     entropy-decoded, so truncation shows, at a fraction of the cost)."""
-    from PIL import Image
+    from ..images import open_image
 
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             size = im.size
             im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()
         return size, None
+    except ImageReadError as exc:  # names the file; says how to allow a very large image
+        return None, str(exc).removeprefix(f"{path}: ")
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; all mean "cannot decode"
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -272,17 +276,31 @@ def _verify_split(report: VerifyReport, split: str, ann: Path, check_images: boo
                         (unsafe, "file names point outside the image folder")):
         if items:
             p.append(f"{split}: {ann}: {len(items)} {what}: {_examples(items)}.")
+    twins = [(m, t) for m in missing if (t := normalisation_twin(img_dir, m))]
+    if twins:
+        missing = [m for m in missing if m not in dict(twins)]
+        p.append(f"{split}: {ann}: {len(twins)} file name(s) differ from the files in "
+                 f"{img_dir} only in Unicode normalisation (NFC vs NFD, e.g. after copying "
+                 "from macOS): " + _examples([f"{m!r} is on disk as {t!r}" for m, t in twins])
+                 + ". Rename the files to the JSON's names, or write the names as they are "
+                 "on disk into the JSON.")
     if missing:
         p.append(f"{split}: {len(missing)} image(s) listed in {ann.name} are missing from "
                  f"{img_dir}: {_examples(missing)}. Extract the archives again (or rerun the "
                  "download), then verify again.")
 
     bad_ref, bad_cat, bad_box, degenerate, outside = [], [], [], [], []
+    ann_ids: Counter = Counter()
+    no_id = 0
     for a in data["annotations"]:
         if not isinstance(a, dict):
             bad_box.append(repr(a)[:60])
             continue
         aid = a.get("id", "?")
+        if not isinstance(a.get("id"), (int, str)) or isinstance(a.get("id"), bool):
+            no_id += 1
+        else:
+            ann_ids[a["id"]] += 1
         stats.boxes += 1
         image_id, category_id = a.get("image_id"), a.get("category_id")
         if not isinstance(image_id, (int, str)) or image_id not in sizes_json:
@@ -316,6 +334,14 @@ def _verify_split(report: VerifyReport, split: str, ann: Path, check_images: boo
                         (bad_box, "annotations have no finite [x, y, w, h] bbox")):
         if items:
             p.append(f"{split}: {ann}: {len(items)} {what} (ids {_examples(items)}).")
+    dup_ann = [f"{i} ({n} times)" for i, n in ann_ids.items() if n > 1]
+    if dup_ann:
+        p.append(f"{split}: {ann}: {len(dup_ann)} annotation ids appear more than once "
+                 f"({_examples(dup_ann)}); COCO evaluation keys ground truth by id and would "
+                 "merge them, so scores come out wrong: renumber the annotations, e.g. 1..N.")
+    if no_id:
+        p.append(f"{split}: {ann}: {no_id} annotation(s) have no integer 'id'; every "
+                 "annotation needs a unique id.")
     if degenerate:
         w.append(f"{split}: {len(degenerate)} box(es) with w < 1 or h < 1 (the loader drops "
                  f"them; ids {_examples(degenerate)}).")
