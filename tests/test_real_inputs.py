@@ -329,6 +329,7 @@ def test_train_checks_every_image_header_before_the_first_step(tmp_path, monkeyp
 # ------------------------------------------------------------------------------------------------
 # Resume, NaN, checkpoints
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # two short training runs: ~5 s
 def test_nan_advice_followed_literally_resumes_with_the_new_rate(tiny_root, tmp_path,
                                                                  monkeypatch, capsys):
     """The loss turns NaN whenever the last optimizer step moved a classifier weight by more
@@ -379,6 +380,7 @@ def test_nan_advice_followed_literally_resumes_with_the_new_rate(tiny_root, tmp_
     assert json.loads((out / "config.json").read_text())["lr"] == 1e-4
 
 
+@pytest.mark.slow  # two short training runs: ~5 s
 def test_a_changed_lr_on_resume_follows_the_schedule(tiny_root, tmp_path, capsys):
     out = tmp_path / "run"
     base = dict(max_iters_per_epoch=2, lr_milestones=[1], lr_gamma=0.1)
