@@ -15,6 +15,11 @@ pipeline, batch 2):
 - one evaluation forward of a whole validation image;
 - the share of training crops that hold no box (``--crops`` draws).
 
+``train_input_hw`` in the results is what the data pipeline hands the model: for ``fast`` the
+stored 580 x 1024 image, which the model itself resizes to 288 x 508 inside the timed step; for
+``release_scale`` the 384 x 384 crop, already at the network-input scale and not resized again.
+``eval_input_wh`` is the size of a whole image at the network input in evaluation.
+
     python benchmarks/bench_release_scale.py --out benchmarks/results/release_scale_cpu.json
     python benchmarks/bench_release_scale.py --models faster_rcnn moqam --steps 5
 """
