@@ -180,6 +180,10 @@ def generate_dataset(out: str | os.PathLike, *, train: int, val: int, test: int,
             if n == 0:
                 if ann_file.exists():
                     ann_file.unlink()
+                if img_dir.is_dir():
+                    for f in img_dir.iterdir():
+                        if _FILE_RE.match(f.name):
+                            f.unlink()
                 if img_dir.is_dir() and not any(img_dir.iterdir()):
                     img_dir.rmdir()
                 counts[split] = {"images": 0, "annotations": 0}
