@@ -6,6 +6,10 @@
 
 Without ``--out`` the set goes to ``$ORALX_DATA`` or the embedded ``data/synthetic``.
 ``--if-needed`` skips the work when the folder already holds this exact set.
+``--rare-eval`` (or ``--rare-eval N``) adds images to the validation and test splits until every
+class has at least 50 (N) boxes there; the training split keeps the long tail:
+
+    python data_scripts/make_synthetic.py --out data/synthetic-rare-eval --rare-eval
 """
 
 import sys

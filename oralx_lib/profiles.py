@@ -5,8 +5,10 @@ Two names for the same choices:
 - the **book profile**, ``ORALX_PROFILE`` (:data:`BOOK_PROFILES`): ``fast`` (default; CPU,
   minutes: the site build and CI) or ``full`` (a GPU, the released recipe);
 - the **engine profile** of :func:`oralx_lib.engine.make_config` (:data:`ENGINE_PROFILES`):
-  ``tiny`` (what ``fast`` runs; alias ``fast``, :data:`PROFILE_ALIASES`), ``colab`` (the
-  released recipe scaled to one 16 GB T4) and ``full`` (the release).
+  ``tiny`` (what ``fast`` runs; alias ``fast``, :data:`PROFILE_ALIASES`), ``release_scale``
+  (``tiny``'s model and schedule with objects at the release's pixel size: random crops for
+  training, whole images for evaluation), ``colab`` (the released recipe scaled to one 16 GB
+  T4) and ``full`` (the release).
 
 What each engine profile sets:
 
@@ -117,6 +119,21 @@ ENGINE_PROFILES: dict[str, dict[str, Any]] = {
         "log_every": 20,
     },
 }
+# The release's object scale at CPU cost. A real panorama (about 1991 x 1127) enters the
+# released network at 1333 x 754 (test scale 800 / 1333: scale min(800 / 1127, 1333 / 1991) =
+# 0.670). The synthetic panorama draws the same mouth at 1024 x 580, so the same rule gives it
+# scale min(800 / 580, 1333 / 1024) = 1.302 (RELEASE_SCALE_FACTOR): 1333 x 755, objects of the
+# same pixel size as the release's. The tiny profile's 508 x 288 (scale 0.497) makes them 2.62
+# times smaller. Training on whole 1333 x 755 images would cost ~7 times a tiny step, so training
+# takes a random 384 x 384 crop of the resized image (the low end of the release's own crop
+# branch, 384..600; about the pixels of one 508 x 288 image) and the model does not resize it
+# again; evaluation runs on whole images at the test scale.
+ENGINE_PROFILES["release_scale"] = {
+    **ENGINE_PROFILES["tiny"],
+    "model_overrides": {"min_size": 800, "max_size": 1333, "resize_in_training": False},
+    "train_resize": [800, 1333],
+    "train_crop": [384, 384],
+}
 ENGINE_PROFILES["colab"] = {
     **ENGINE_PROFILES["full"],
     # One 16 GB T4 with AMP: smaller multi-scale training (short side 480..640, long side
@@ -141,6 +158,36 @@ TWO_STAGE_TINY: dict[str, Any] = {
 # ------------------------------------------------------------------------------------------------
 # Model sizes per profile
 # ------------------------------------------------------------------------------------------------
+#: Real OralXrays-9 panoramas are about this size (width, height).
+REAL_IMAGE_SIZE: tuple[int, int] = (1991, 1127)
+#: The released test scale (``min_size``, ``max_size``): a real panorama becomes 1333 x 754.
+RELEASED_TEST_SCALE: tuple[int, int] = (800, 1333)
+
+
+def input_scale(width: float, height: float, min_size: int, max_size: int) -> float:
+    """The factor a detector's test-time resize applies to a ``width x height`` image:
+    ``min(min_size / short side, max_size / long side)`` (torchvision's
+    ``GeneralizedRCNNTransform``)."""
+    short, long = min(width, height), max(width, height)
+    return min(float(min_size) / short, float(max_size) / long)
+
+
+def eval_scale(profile: str, model: str = "faster_rcnn") -> tuple[int, int]:
+    """``(min_size, max_size)`` a profile's ``model`` is evaluated at (the last entry of a
+    multi-scale ``min_size``)."""
+    name = engine_profile(profile)
+    overrides = {**ENGINE_PROFILES[name].get("model_overrides", {}),
+                 **model_profile(name, model)["model_overrides"]}
+    min_size = overrides.get("min_size", 800)
+    if isinstance(min_size, (list, tuple)):
+        min_size = min_size[-1]
+    return int(min_size), int(overrides.get("max_size", 1333))
+
+
+#: How much larger a synthetic panorama's objects are at the release's network input than in
+#: the stored 1024 x 580 image: ``input_scale(1024, 580, 800, 1333)`` = 1333 / 1024 = 1.302.
+RELEASE_SCALE_FACTOR: float = input_scale(1024, 580, *RELEASED_TEST_SCALE)
+
 #: Build kwargs for ``build_moqam(**MOQAM_PROFILES[name])``.
 #:
 #: - ``tiny``: CPU minutes (resnet18, 128-d, 2 + 2 layers, 100 queries, short side 256,
@@ -166,6 +213,10 @@ MOQAM_PROFILES: dict[str, dict[str, Any]] = {
                   num_aux_queries=100, min_size=640, max_size=1066, encoder_checkpoint=True),
     "full": dict(backbone="resnet50"),
 }
+#: ``release_scale``: tiny's sizes at the released test scale, training on crops that the data
+#: pipeline already brought to that scale (see ENGINE_PROFILES["release_scale"]).
+MOQAM_PROFILES["release_scale"] = {**MOQAM_PROFILES["tiny"], "min_size": 800, "max_size": 1333,
+                                   "resize_in_training": False}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,11 +241,22 @@ BOOK_FAST: dict[str, Any] = {
 }
 
 
+#: The same schedule for the ``release_scale`` profile (what the book selects when it switches to
+#: the release's object scale; the reference runs, ``benchmarks/reference_runs.py``, train
+#: longer). Evaluating a 1333 x 755 image costs about 7 times a 508 x 288 one, so the validation
+#: subset is smaller.
+BOOK_FAST_RELEASE_SCALE: dict[str, Any] = {**BOOK_FAST, "val_subset": 6}
+
+#: The book's schedule per engine profile (profiles not listed keep their own).
+BOOK_SCHEDULES: dict[str, dict[str, Any]] = {"tiny": BOOK_FAST,
+                                             "release_scale": BOOK_FAST_RELEASE_SCALE}
+
+
 def model_profile(profile: str, model: str) -> dict[str, Any]:
     """What a profile adds for one model: ``{"backbone": ..., "model_overrides": {...}}``.
 
     The query-based ``moqam`` takes its sizes from :data:`MOQAM_PROFILES` (same profile
-    names); the two-stage models get :data:`TWO_STAGE_TINY` in ``tiny``.
+    names); the two-stage models get :data:`TWO_STAGE_TINY` in ``tiny`` and ``release_scale``.
     """
     if model == "moqam":
         sizes = copy.deepcopy(MOQAM_PROFILES.get(profile, {}))
@@ -202,7 +264,7 @@ def model_profile(profile: str, model: str) -> dict[str, Any]:
         if "backbone" in sizes:
             extra["backbone"] = extra["model_overrides"].pop("backbone")
         return extra
-    if profile == "tiny":
+    if profile in ("tiny", "release_scale"):
         return {"model_overrides": dict(TWO_STAGE_TINY)}
     return {"model_overrides": {}}
 
@@ -218,13 +280,20 @@ def _lists_not_tuples(value):
 
 __all__ = [
     "BOOK_FAST",
+    "BOOK_FAST_RELEASE_SCALE",
     "BOOK_PROFILES",
+    "BOOK_SCHEDULES",
     "ENGINE_PROFILES",
     "MOQAM_PROFILES",
     "PROFILE_ALIASES",
+    "REAL_IMAGE_SIZE",
+    "RELEASED_TEST_SCALE",
     "RELEASED_TRAIN_SIZES",
+    "RELEASE_SCALE_FACTOR",
     "TWO_STAGE_TINY",
     "book_profile",
     "engine_profile",
+    "input_scale",
     "model_profile",
+    "eval_scale",
 ]

@@ -395,7 +395,7 @@ def test_profiles_and_release_defaults(monkeypatch):
 
     state = torchvision.models.resnet50().state_dict()
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: state)
-    assert set(MOQAM_PROFILES) == {"tiny", "colab", "full"}
+    assert set(MOQAM_PROFILES) == {"tiny", "release_scale", "colab", "full"}
     model = build_moqam(**MOQAM_PROFILES["full"], pretrained_backbone=True)
     assert isinstance(model, MOQAM)
     assert model.num_queries == 900 and len(model.decoder.layers) == 6

@@ -319,3 +319,78 @@ def test_script_runs_from_the_repo_root(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "train2017" / "000001.jpg").is_file() and (tmp_path / MARKER).is_file()
+
+
+# --------------------------------------------------------------------------- rare-class enrichment
+
+
+def _per_class(coco: dict) -> dict[str, int]:
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    counts = collections.Counter(names[a["category_id"]] for a in coco["annotations"])
+    return {c: counts.get(c, 0) for c in CLASSES}
+
+
+def test_rare_eval_enriches_val_and_test_only(tmp_path):
+    plain = generate_dataset(tmp_path / "plain", train=2, val=1, test=1, seed=2, progress=False,
+                             **SMALL)
+    rare = generate_dataset(tmp_path / "rare", train=2, val=1, test=1, seed=2, progress=False,
+                            min_boxes_per_class_eval=4, **SMALL)
+    # training split: the very same files (the long tail is kept)
+    for name in ("annotations/instances_train2017.json", "train2017/000001.jpg",
+                 "train2017/000002.jpg"):
+        assert (plain / name).read_bytes() == (rare / name).read_bytes()
+    marker = json.loads((rare / MARKER).read_text())
+    assert marker["params"]["min_boxes_per_class_eval"] == 4
+    for split in ("val", "test"):
+        coco = _load(rare, split)
+        counts = _per_class(coco)
+        assert min(counts.values()) >= 4, (split, counts)
+        assert marker["counts"][split]["per_class"] == counts
+        # the regular image comes first and is unchanged; the rest are enrichment draws
+        assert (plain / f"{split}2017/000001.jpg").read_bytes() == \
+            (rare / f"{split}2017/000001.jpg").read_bytes()
+        extra = [im for im in coco["images"] if "enrichment_candidate" in im]
+        assert len(extra) == len(coco["images"]) - 1 == marker["counts"][split]["enriched_images"]
+        assert len(extra) > 0
+        # every kept image was needed: without the last one some class would be short
+        last = extra[-1]["id"]
+        without = collections.Counter(
+            coco["categories"][a["category_id"] - 1]["name"]
+            for a in coco["annotations"] if a["image_id"] != last)
+        assert min(without.get(c, 0) for c in CLASSES) < 4
+    # deterministic: the same call writes the same bytes
+    again = generate_dataset(tmp_path / "again", train=2, val=1, test=1, seed=2, progress=False,
+                             min_boxes_per_class_eval=4, **SMALL)
+    assert _files(again) == _files(rare)
+
+
+def test_rare_eval_off_keeps_the_marker_and_ensure_accepts_it(tmp_path):
+    root = generate_dataset(tmp_path / "a", train=1, val=1, test=0, seed=0, progress=False,
+                            min_boxes_per_class_eval=0, **SMALL)
+    assert "min_boxes_per_class_eval" not in json.loads((root / MARKER).read_text())["params"]
+    rare = ensure_synthetic(tmp_path / "b", train=1, val=1, test=0, seed=0, progress=False,
+                            min_boxes_per_class_eval=2, **SMALL)
+    assert min(_per_class(_load(rare, "val")).values()) >= 2
+    with pytest.raises(ConfigError, match="min_boxes_per_class_eval"):
+        generate_dataset(tmp_path / "c", train=1, val=1, test=0, seed=0, progress=False,
+                         min_boxes_per_class_eval=-1, **SMALL)
+
+
+def test_scene_classes_cover_the_drawn_boxes():
+    from oralx_lib.data.synthetic.scene import _sample_scene, _scene_classes
+
+    for i in range(12):
+        _, anns = render_panoramic(image_rng(0, "val", i), **SMALL)
+        assert {a["category"] for a in anns} <= _scene_classes(_sample_scene(image_rng(0, "val", i)))
+
+
+@pytest.mark.slow  # ~15 s of CPU: ~150 enrichment images per split at 256 x 145
+def test_rare_eval_cli_gives_fifty_boxes_per_class(tmp_path):
+    assert synthetic.main(["--out", str(tmp_path), "--train", "2", "--val", "2", "--test", "2",
+                           "--width", "256", "--height", "145", "--rare-eval", "--quiet"]) == 0
+    marker = json.loads((tmp_path / MARKER).read_text())
+    assert marker["params"]["min_boxes_per_class_eval"] == synthetic.RARE_EVAL_MIN_BOXES == 50
+    for split in ("val", "test"):
+        assert min(_per_class(_load(tmp_path, split)).values()) >= 50
+    train = _per_class(_load(tmp_path, "train"))
+    assert sum(train.values()) == marker["counts"]["train"]["annotations"] < 50

@@ -23,7 +23,7 @@ import torch
 
 from .. import paths
 from ..data import dataset_fingerprint, resolve_data_root
-from ..profiles import BOOK_FAST, engine_profile
+from ..profiles import BOOK_SCHEDULES, engine_profile
 
 @dataclass
 class Experiment:
@@ -106,7 +106,8 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
     Args:
         model: ``faster_rcnn``, ``di_rpn``, ``cb_scr``, ``moqam_rcnn`` or ``moqam``.
         seed: the run's seed (part of the default name).
-        profile: ``fast``/``tiny`` or ``full``/``colab``; default from ``ORALX_PROFILE``.
+        profile: ``fast``/``tiny``, ``release_scale`` (the same schedule with objects at the
+            release's pixel size) or ``full``/``colab``; default from ``ORALX_PROFILE``.
         data: dataset root (default: ``ORALX_DATA`` or the synthetic set).
         name: folder name under ``runs/book/`` (default ``<model>-<profile>-s<seed>``).
         **overrides: :class:`oralx_lib.engine.TrainConfig` fields.
@@ -120,7 +121,7 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
     data_root = resolve_data_root(data)
     name = name or f"{model}-{prof}-s{seed}"
     out = paths.runs_root() / "book" / name
-    settings = {**(BOOK_FAST if prof == "tiny" else {}), **overrides}
+    settings = {**BOOK_SCHEDULES.get(prof, {}), **overrides}
     config = make_config(prof, model=model, seed=seed, data_root=str(data_root.resolve()),
                          out_dir=str(out), **settings)
     saved, stamp = out / "config.json", out / "data_fingerprint.txt"

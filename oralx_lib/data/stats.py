@@ -90,3 +90,72 @@ def summary(datasets: OralXrays9 | Iterable[OralXrays9]) -> dict:
         "ignored_regions": int(sum(len(ds.record(i)["ignore"]) for ds in ds_list
                                    for i in range(len(ds)))),
     }
+
+
+def input_box_sizes(datasets: OralXrays9 | Iterable[OralXrays9],
+                    profiles: Iterable[str] = ("fast", "release_scale"),
+                    model: str = "faster_rcnn") -> pd.DataFrame:
+    """Box sizes at the **network input** of each profile, from the same images.
+
+    A detector resizes every image before it sees it (``scale = min(min_size / short side,
+    max_size / long side)`` at the profile's test scale, :func:`oralx_lib.profiles.eval_scale`),
+    so an object's size in the network's pixels depends on the profile. ``release_scale`` is the
+    release's own test scale (a real 1991 x 1127 panorama at 1333 x 754), so its column is what
+    the release's network sees; its training crops keep that scale.
+
+    Returns:
+        One row per (profile, box): ``profile, split, image_id, class, scale, w, h, sqrt_area``
+        (``w, h, sqrt_area`` in network-input pixels; ``scale`` the image's resize factor).
+    """
+    from ..profiles import engine_profile, eval_scale, input_scale
+
+    table = box_table(datasets)
+    sizes = {}
+    for ds in _as_list(datasets):
+        for i in range(len(ds)):
+            rec = ds.record(i)
+            sizes[(ds.split, rec["id"])] = (rec["width"], rec["height"])
+    frames = []
+    for name in profiles:
+        min_size, max_size = eval_scale(engine_profile(name), model)
+        scale = np.array([input_scale(*sizes[(s, i)], min_size, max_size)
+                          for s, i in zip(table["split"], table["image_id"])], dtype=float)
+        frames.append(pd.DataFrame({
+            "profile": name, "split": table["split"].to_numpy(),
+            "image_id": table["image_id"].to_numpy(), "class": table["class"].to_numpy(),
+            "scale": scale, "w": table["w"].to_numpy() * scale,
+            "h": table["h"].to_numpy() * scale,
+            "sqrt_area": table["sqrt_area"].to_numpy() * scale,
+        }))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["profile", "split", "image_id", "class", "scale", "w", "h", "sqrt_area"])
+    out["class"] = pd.Categorical(out["class"], categories=list(CLASSES), ordered=True)
+    return out
+
+
+#: Size bins (network-input pixels, ``sqrt(w h)``) of :func:`input_size_summary`.
+INPUT_SIZE_EDGES: tuple[float, ...] = (0.0, 8.0, 16.0, 32.0, 96.0, float("inf"))
+
+
+def input_size_summary(sizes: pd.DataFrame) -> pd.DataFrame:
+    """Per profile of :func:`input_box_sizes`: boxes, median and 5th / 95th percentiles of
+    ``sqrt(w h)``, the median ``w`` and ``h``, and the share of boxes in each size bin
+    (:data:`INPUT_SIZE_EDGES`: under 8, 8-16, 16-32, 32-96 and 96+ px; COCO's "small" is
+    under 32)."""
+    rows = []
+    for name, part in sizes.groupby("profile", sort=False):
+        sq = part["sqrt_area"].to_numpy()
+        row = {"profile": name, "boxes": int(len(sq)),
+               "scale": float(np.median(part["scale"])) if len(sq) else np.nan,
+               "median_sqrt_area": float(np.median(sq)) if len(sq) else np.nan,
+               "p5": float(np.percentile(sq, 5)) if len(sq) else np.nan,
+               "p95": float(np.percentile(sq, 95)) if len(sq) else np.nan,
+               "median_w": float(np.median(part["w"])) if len(sq) else np.nan,
+               "median_h": float(np.median(part["h"])) if len(sq) else np.nan}
+        counts, _ = np.histogram(sq, bins=INPUT_SIZE_EDGES)
+        edges = INPUT_SIZE_EDGES
+        for k, c in enumerate(counts):
+            hi = "" if np.isinf(edges[k + 1]) else f"{edges[k + 1]:g}"
+            row[f"share_{edges[k]:g}-{hi}px"] = float(c / len(sq)) if len(sq) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("profile")

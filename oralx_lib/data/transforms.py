@@ -101,8 +101,27 @@ def radiograph_photometric(p: float = 0.5) -> v2.Transform:
     ])
 
 
+def scale_to_input(min_size: int, max_size: int) -> v2.Transform:
+    """Resize like a detector's test-time transform: scale ``min(min_size / short side,
+    max_size / long side)``, aspect ratio kept (``GeneralizedRCNNTransform``'s rule). With the
+    released test scale (800, 1333) a synthetic 1024 x 580 panorama becomes 1333 x 755, the size a
+    real 1991 x 1127 image has at the release's network input."""
+    return v2.Resize(int(min_size), max_size=int(max_size), antialias=True)
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be two integers, got {value!r}") from None
+    if not 0 < a or (name == "crop" and a > b) or b <= 0:
+        raise ValueError(f"{name}={value!r}: need two positive integers"
+                         + (" with min <= max" if name == "crop" else ""))
+    return a, b
+
+
 def train_transforms(preset: str = "released", *, resize: bool = False,
-                     photometric: bool = False) -> v2.Transform:
+                     photometric: bool = False, scale_to=None, crop=None) -> v2.Transform:
     """Training augmentation.
 
     Args:
@@ -113,17 +132,34 @@ def train_transforms(preset: str = "released", *, resize: bool = False,
             internally.
         photometric: add :func:`radiograph_photometric` to the ``released`` preset (not in the
             release).
+        scale_to: ``(min_size, max_size)``: first resize every image to the network-input scale
+            (:func:`scale_to_input`), for models built with ``resize_in_training=False``.
+        crop: ``(min, max)``: after the flip, a random crop of ``h, w`` in ``[min, max]``
+            pixels (:class:`RandomSizeCrop`; the release's crop branch draws 384..600). A crop
+            may hold no box (the detectors train on empty images as negatives).
+
+    With ``scale_to`` and ``crop`` a CPU step costs what its crop costs, while objects keep the
+    pixel size they have at the full test scale (``oralx_lib.profiles``, ``release_scale``).
     """
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r}; choose one of {PRESETS}")
     steps: list[v2.Transform] = []
+    if scale_to is not None:
+        steps.append(scale_to_input(*_pair("scale_to", scale_to)))
     if preset == "released":
         steps += [v2.RandomHorizontalFlip(0.5),
                   v2.RandomChoice([v2.Identity(), released_crop_branch()])]
+        if crop is not None:
+            steps.append(RandomSizeCrop(*_pair("crop", crop)))
         if photometric:
             steps.append(radiograph_photometric())
     elif preset == "light":
-        steps += [v2.RandomHorizontalFlip(0.5), radiograph_photometric()]
+        steps.append(v2.RandomHorizontalFlip(0.5))
+        if crop is not None:
+            steps.append(RandomSizeCrop(*_pair("crop", crop)))
+        steps.append(radiograph_photometric())
+    elif crop is not None:
+        steps.append(RandomSizeCrop(*_pair("crop", crop)))
     if resize:
         steps.append(multiscale_resize())
     steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_per_box_fields))

@@ -63,6 +63,12 @@ class TrainConfig:
             embedded synthetic set (generated on first use).
         train_split, val_split: split names; ``val_split=None`` trains without evaluation.
         train_preset: augmentation preset of :func:`oralx_lib.data.transforms.train_transforms`.
+        train_resize: ``[min_size, max_size]``: resize every training image to that network-input
+            scale before augmenting (the model must not resize again:
+            ``model_overrides["resize_in_training"] = False``); ``None`` = the model resizes.
+        train_crop: ``[min, max]``: train on random crops of ``h, w`` in that range (pixels
+            after ``train_resize``); ``None`` = whole images. The ``release_scale`` profile
+            uses both: objects at the release's pixel size, steps at the cost of a crop.
         train_subset, val_subset: use only the first N images (fast runs); ``None`` = all.
         batch_size: images per step and per process; workers: DataLoader worker processes.
 
@@ -93,6 +99,8 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str | None = "val"
     train_preset: str = "released"
+    train_resize: list | None = None
+    train_crop: list | None = None
     train_subset: int | None = None
     val_subset: int | None = None
     batch_size: int = 1
@@ -126,6 +134,9 @@ class TrainConfig:
         self.model_overrides = _lists_not_tuples(dict(self.model_overrides or {}))
         if isinstance(self.lr_milestones, (tuple, range)):
             self.lr_milestones = list(self.lr_milestones)
+        for name in ("train_resize", "train_crop"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
         if isinstance(self.data_root, Path):
             self.data_root = str(self.data_root)
         if isinstance(self.out_dir, Path):
@@ -184,12 +195,37 @@ class TrainConfig:
                 f"config field 'lr_milestones' = {self.lr_milestones}: a list of epoch "
                 "numbers >= 1 (lr is multiplied by lr_gamma after each)."
             )
+        self._check_scale_and_crop()
         try:
             json.dumps(self.model_overrides)
         except TypeError as exc:
             raise ConfigError(
                 f"config field 'model_overrides' must hold JSON values only ({exc})."
             ) from None
+
+    def _check_scale_and_crop(self) -> None:
+        for name, what in (("train_resize", "[min_size, max_size]"), ("train_crop", "[min, max]")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (len(value) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1
+                                       for v in value)):
+                raise ConfigError(
+                    f"config field {name!r} = {value!r}: give {what} as two integers >= 1, or "
+                    "null to switch it off."
+                )
+        if self.train_crop is not None and self.train_crop[0] > self.train_crop[1]:
+            raise ConfigError(
+                f"config field 'train_crop' = {self.train_crop}: the first (smallest crop side) "
+                "must not exceed the second."
+            )
+        if self.train_resize is not None and self.model_overrides.get("resize_in_training",
+                                                                        True):
+            raise ConfigError(
+                f"config field 'train_resize' = {self.train_resize} resizes training images to "
+                "the network-input scale, but the model would resize them again: add "
+                "model_overrides={'resize_in_training': False} (or set train_resize to null)."
+            )
 
     # -- plain dict / JSON ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -101,7 +101,9 @@ def build_datasets(config: TrainConfig, ctx: DistContext | None = None):
 
     root = resolve_data_root(config, ctx)
     train_set = OralXrays9(root, config.train_split,
-                           transforms=T.train_transforms(config.train_preset))
+                           transforms=T.train_transforms(config.train_preset,
+                                                         scale_to=config.train_resize,
+                                                         crop=config.train_crop))
     if len(train_set) == 0:
         raise ConfigError(f"{train_set.ann_file}: the {config.train_split!r} split has no images.")
     if config.train_subset is not None:

@@ -37,11 +37,14 @@ from .rcnn import TwoStageDetector
 MODEL_NAMES = ("faster_rcnn", "di_rpn", "cb_scr", "moqam_rcnn", "moqam")
 
 #: Overrides every two-stage model accepts, with their defaults (torchvision's, or the release's):
-#: the input transform, the backbone's freezing (:func:`oralx_lib.models.backbones.freeze_rule`),
+#: the input transform (``resize_in_training=False``: training images go in at the size the data
+#: pipeline gives them, e.g. random crops already at the network-input scale; evaluation still
+#: resizes to ``min_size`` / ``max_size``), the backbone's freezing (:func:`oralx_lib.models.backbones.freeze_rule`),
 #: the RPN's and the RoI head's options (:mod:`oralx_lib.models.heads`).
 COMMON_DEFAULTS: dict[str, Any] = {
     "min_size": 800,
     "max_size": 1333,
+    "resize_in_training": True,
     "image_mean": IMAGENET_MEAN,
     "image_std": IMAGENET_STD,
     "trainable_backbone_layers": None,
@@ -93,7 +96,8 @@ def _build_two_stage(
         cb_scr=name in _USES_CB_SCR,
     )
     transform = GeneralizedRCNNTransform(
-        min_size=cfg["min_size"], max_size=cfg["max_size"], image_mean=list(cfg["image_mean"]), image_std=list(cfg["image_std"])
+        min_size=cfg["min_size"], max_size=cfg["max_size"], image_mean=list(cfg["image_mean"]), image_std=list(cfg["image_std"]),
+        _skip_resize=not cfg["resize_in_training"],
     )
     return TwoStageDetector(backbone=body, rpn=rpn, roi_heads=roi_heads, transform=transform)
 

@@ -548,7 +548,7 @@ class MOQAM(nn.Module):
 _DEFAULTS: dict[str, Any] = dict(
     embed_dim=256, num_queries=900, num_encoder_layers=6, num_decoder_layers=6, num_heads=8,
     num_points=4, ffn_dim=2048, dn_number=100, label_noise_ratio=0.5, box_noise_scale=1.0,
-    min_size=800, max_size=1333, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+    min_size=800, max_size=1333, resize_in_training=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
     size_divisible=32, trainable_backbone_layers=None, freeze_batchnorm=None,
     encoder_checkpoint=False,
     aux_branches=("rpn", "roi", "atss"), num_aux_queries=300, aux_query_weight=1.0,
@@ -565,6 +565,8 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
     ``num_encoder_layers`` 6, ``num_decoder_layers`` 6, ``num_heads`` 8, ``num_points`` 4,
     ``ffn_dim`` 2048, ``dn_number`` 100, ``label_noise_ratio`` 0.5, ``box_noise_scale`` 1.0,
     ``min_size`` 800 (int or tuple for multi-scale training), ``max_size`` 1333,
+    ``resize_in_training`` True (False: training images keep the size the data pipeline gives
+    them, e.g. crops already at the network-input scale; evaluation still resizes),
     ``aux_branches`` ``("rpn", "roi", "atss")`` (any subset; ``()`` trains the query head
     alone), ``num_aux_queries`` 300, ``aux_query_weight`` 1, ``loss_weights``
     ``{"cls": 1, "bbox": 5, "giou": 2}``, ``match_costs``, ``qfl_beta`` 2, ``branch_options``
@@ -611,6 +613,7 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
         min_size=min_size if isinstance(min_size, int) else tuple(min_size),
         max_size=cfg["max_size"], image_mean=list(cfg["image_mean"]),
         image_std=list(cfg["image_std"]), size_divisible=cfg["size_divisible"],
+        _skip_resize=not cfg["resize_in_training"],
     )
     branches = None
     if cfg["aux_branches"]:

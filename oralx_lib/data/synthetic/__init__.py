@@ -52,7 +52,10 @@ Ceramic Bridge         bright caps over 3-4 teeth joined over pontics without ro
 Frequencies follow a long tail like the real set (per image on average, measured on 300 images
 at 512 x 290: 1.78 fillings, 1.21 decay, 1.07 wisdom teeth, 1.06 missing teeth, 0.71 root canal
 fillings, 0.44 porcelain crowns, 0.36 apical lesions, 0.11 implants, 0.057 bridges: 6.8 boxes
-per image, 1 % of images without any; head/tail 31). Sizes span small lesions to bridges: the
+per image, 1 % of images without any; head/tail 31). With so few rare boxes a 40-image
+validation split cannot measure a rare class (one implant, four bridges); ``--rare-eval``
+(``min_boxes_per_class_eval=50``) adds images to the validation and test splits until every
+class has 50 boxes there, leaving the training split's long tail as it is. Sizes span small lesions to bridges: the
 5th and 95th percentiles of ``sqrt(w h)`` are 6 and 73 px at 1024 x 580 (12x). A per-image
 "dental condition" ``c ~ Gamma(3, 1/3)`` scales the disease and treatment rates, so some mouths
 are clean and some heavily restored.
@@ -78,14 +81,24 @@ boxes, enough for each chapter's tiny model to see every signature. ``seed=0``.
 from ..dataset import SPLITS
 from .render import image_rng, render_panoramic
 from .settings import DEFAULTS, DESCRIPTION, GENERATOR_VERSION, MARKER
-from .writer import ensure_synthetic, generate_dataset, main
+from .writer import (
+    EVAL_SPLITS,
+    RARE_EVAL_MIN_BOXES,
+    enrichment_rng,
+    ensure_synthetic,
+    generate_dataset,
+    main,
+)
 
 __all__ = [
     "DEFAULTS",
     "DESCRIPTION",
+    "EVAL_SPLITS",
     "GENERATOR_VERSION",
     "MARKER",
+    "RARE_EVAL_MIN_BOXES",
     "SPLITS",
+    "enrichment_rng",
     "ensure_synthetic",
     "generate_dataset",
     "image_rng",

@@ -298,3 +298,36 @@ def _sample_scene(rng: np.random.Generator) -> _Scene:
     lk["enamel"] = rng.uniform(0.32, 0.42)
     lk["dentine"] = rng.uniform(0.36, 0.46)
     return sc
+
+
+def _scene_classes(sc: _Scene) -> set[str]:
+    """The classes a scene may hold a box of (drawn boxes can still be lost at the image edge):
+    a cheap test on the scene alone, before any pixel (``generate_dataset``'s rare-class
+    enrichment renders only the scenes that may help)."""
+    found: set[str] = set()
+    for s in sc.slots:
+        if s.state == "absent":
+            continue
+        if s.state == "missing":
+            found.add("Missing Tooth")
+        elif s.state == "implant":
+            found.add("Implant")
+            if s.implant and s.implant.get("crown"):
+                found.add("Porcelain Crown")
+        if s.bridge >= 0:
+            found.add("Ceramic Bridge")
+        if s.state != "natural":
+            continue
+        if s.pos == 8:
+            found.add("Wisdom Tooth")
+        if s.decay:
+            found.add("Decay")
+        if s.fillings:
+            found.add("Dental Filling")
+        if s.rct:
+            found.add("Root Canal Filling")
+        if s.porcelain:
+            found.add("Porcelain Crown")
+        if s.apical is not None:
+            found.add("Apical Periodontitis")
+    return found
