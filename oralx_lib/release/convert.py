@@ -75,6 +75,9 @@ _PER_BRANCH = ("customised positive queries: the release has one content project
                "(Linear 512->256 + LayerNorm) per collaborative branch; oralx_lib's model "
                "gets them with the fidelity change of issue 10 (per-branch projections)")
 _Q = "query_head.transformer"
+#: Reasons that mark a release key as waiting for a change of the model, not as an error of
+#: the file (listed apart in the refusal).
+PENDING_WHY = (_PER_BRANCH,)
 
 #: Release state-dict key -> ``build_model("moqam")`` parameter, at the released sizes (six
 #: decoder layers: ``reg_branches.6`` / ``cls_branches.6`` score the encoder's proposals).
@@ -359,9 +362,14 @@ class ConversionReport:
             + (" (assumed: pass --annotations to read it from the release's annotation file)"
                if self.class_order_assumed else " (from the annotation file)"),
         ]
-        if self.no_home:
+        pending = [x for x in self.no_home if x[2] in PENDING_WHY]
+        other = [x for x in self.no_home if x[2] not in PENDING_WHY]
+        if other:
             lines.append("release keys without a home:")
-            lines += [f"  {k} {list(s)}: {why}" for k, s, why in self.no_home]
+            lines += [f"  {k} {list(s)}: {why}" for k, s, why in other]
+        if pending:
+            lines.append("release keys pending the fidelity change (" + pending[0][2] + "):")
+            lines += [f"  {k} {list(s)}" for k, s, _ in pending]
         if self.unfilled:
             lines.append("model parameters left unfilled:")
             lines += [f"  {k} {list(s)}: {why}" for k, s, why in self.unfilled]
@@ -376,7 +384,9 @@ class ConversionReport:
             "ok": self.ok, "num_release_keys": self.num_release_keys,
             "num_model_keys": self.num_model_keys, "mapped": dict(self.mapped),
             "dropped": list(self.dropped), "zero_filled": list(self.zero_filled),
-            "no_home": [{"key": k, "shape": list(s), "why": w} for k, s, w in self.no_home],
+            "no_home": [{"key": k, "shape": list(s), "why": w,
+                         "pending_fidelity_change": w in PENDING_WHY}
+                        for k, s, w in self.no_home],
             "unfilled": [{"key": k, "shape": list(s), "why": w} for k, s, w in self.unfilled],
             "shape_mismatch": [{"release_key": a, "release_shape": list(b), "key": c,
                                 "shape": list(d)} for a, b, c, d in self.shape_mismatch],
@@ -541,6 +551,36 @@ def release_model_state() -> OrderedDict[str, Tensor]:
     return build_from_config(release_config()).state_dict()
 
 
+def write_release_checkpoint(out: str | os.PathLike, state: Mapping[str, Tensor], *,
+                             config=None, release: Mapping[str, Any] | None = None) -> Path:
+    """Write converted weights as a normal ``oralx_lib`` checkpoint (atomically).
+
+    The document is what training writes, minus the optimiser, so ``evaluate``, ``predict``
+    (:func:`~oralx_lib.engine.inference.load_model`) and ``train --init-from`` read it::
+
+        {"format", "library_version", "epoch": 0, "iteration": 0, "step": 0, "model",
+         "config" (default: :func:`release_config`), "history": [], "best_ap": None,
+         "best_epoch": None, "release": provenance}
+    """
+    from .. import __version__
+
+    config = release_config() if config is None else config
+    document = {
+        "format": CHECKPOINT_FORMAT,
+        "library_version": __version__,
+        "epoch": 0,
+        "iteration": 0,
+        "step": 0,
+        "model": OrderedDict(state),
+        "config": config.to_dict(),
+        "history": [],
+        "best_ap": None,
+        "best_epoch": None,
+        "release": dict(release or {}),
+    }
+    return save_checkpoint(out, document)
+
+
 def convert_release(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -550,19 +590,16 @@ def convert_release(
 ) -> tuple[Path, ConversionReport]:
     """Convert a release checkpoint file into an ``oralx_lib`` checkpoint at ``out``.
 
-    The written file (atomically) is what training writes, minus the optimiser::
-
-        {"format", "library_version", "epoch": 0, "iteration": 0, "step": 0, "model",
-         "config" (full profile, model "moqam"), "history": [], "best_ap": None,
-         "release": {file, sha256, meta summary, class order, conversion counts,
-                     "dropped": the release tensors kept aside}}
+    ``release`` in the written file records the source (file name, SHA-256, ``meta``
+    summary), the class order used, the conversion counts and the tensors of ``drop`` rules
+    (so that :func:`to_release` can rebuild the release's state dict exactly).
 
     Raises:
         ReleaseCheckpointError: the file cannot be opened safely.
         ConversionError: any release key without a home, model tensor unfilled or shape that
             differs (nothing is written).
     """
-    from .. import __version__
+    from ..engine.inference import build_from_config
 
     if annotations is not None:
         if class_order is not None:
@@ -570,33 +607,19 @@ def convert_release(
         class_order = class_order_from_annotations(annotations)
     release = load_release_checkpoint(checkpoint)
     config = release_config()
-    from ..engine.inference import build_from_config
-
     model_state = build_from_config(config).state_dict()
     state, report, dropped = convert_state_dict(release.state_dict, model_state,
                                                 class_order=class_order)
-    document = {
-        "format": CHECKPOINT_FORMAT,
-        "library_version": __version__,
-        "epoch": 0,
-        "iteration": 0,
-        "step": 0,
-        "model": state,
-        "config": config.to_dict(),
-        "history": [],
-        "best_ap": None,
-        "best_epoch": None,
-        "release": {
-            **release.summary(),
-            "class_order": report.class_order,
-            "class_order_assumed": report.class_order_assumed,
-            "mapped": len(report.mapped),
-            "dropped": dict(dropped),
-            "zero_filled": list(report.zero_filled),
-            "converter": "oralx_lib.release.convert (KEY_MAP)",
-        },
+    info = {
+        **release.summary(),
+        "class_order": report.class_order,
+        "class_order_assumed": report.class_order_assumed,
+        "mapped": len(report.mapped),
+        "dropped": dict(dropped),
+        "zero_filled": list(report.zero_filled),
+        "converter": "oralx_lib.release.convert (KEY_MAP)",
     }
-    return save_checkpoint(out, document), report
+    return write_release_checkpoint(out, state, config=config, release=info), report
 
 
 def convert_release_main(argv: Sequence[str] | None = None) -> int:
@@ -635,4 +658,4 @@ def convert_release_main(argv: Sequence[str] | None = None) -> int:
 __all__ = ["KEY_MAP", "KINDS", "ConversionError", "ConversionReport", "Rule",
            "class_order_from_annotations", "class_permutation", "convert_release",
            "convert_release_main", "convert_state_dict", "release_config",
-           "release_model_state", "release_rule", "to_release"]
+           "release_model_state", "release_rule", "to_release", "write_release_checkpoint"]
