@@ -309,6 +309,10 @@ def _inverse(kind: str, t: Tensor, perm: list[int]) -> Tensor:
     raise ValueError(f"unknown kind {kind!r}")
 
 
+#: Rows a class-indexed release tensor must have, by kind.
+_CLASS_ROWS = {"classes": NUM_CLASSES, "bg_last": NUM_CLASSES + 1, "class_boxes": 4 * NUM_CLASSES}
+
+
 def _expected_release_shape(kind: str, ours: tuple[int, ...]) -> tuple[int, ...]:
     """The release shape a rule needs to produce a tensor of our shape ``ours``."""
     if kind == "bg_last":
@@ -460,10 +464,8 @@ def convert_state_dict(
             report.mapped[key] = f"{target}[{index}]"
             continue
         need = _expected_release_shape(rule.kind, want)
-        if tuple(tensor.shape) != need or (
-                rule.kind in ("classes", "bg_last", "class_boxes")
-                and tensor.shape[0] != {"classes": NUM_CLASSES, "bg_last": NUM_CLASSES + 1,
-                                        "class_boxes": 4 * NUM_CLASSES}[rule.kind]):
+        if tuple(tensor.shape) != need or (rule.kind in _CLASS_ROWS
+                                           and tensor.shape[0] != _CLASS_ROWS[rule.kind]):
             report.shape_mismatch.append((key, tuple(tensor.shape), target, need))
             continue
         out[target] = _forward(rule.kind, tensor, perm).to(model_state[target].dtype)
