@@ -32,7 +32,7 @@ TRAIN_EXAMPLES = f"""examples:
       --set model_overrides.min_size=320 lr_milestones=[8,11]
   # fine-tune the authors' converted weights for one epoch (see convert-release)
   {PROG} train --model moqam --profile full --data data/OralXrays-9 --out runs/finetune \\
-      --epochs 1 --init-from moqam_release.pt --set pretrained_backbone=false
+      --epochs 1 --init-from moqam_release.pt
   # two GPUs (or two CPU processes with gloo)
   torchrun --nproc_per_node 2 -m oralx_lib train --model faster_rcnn --profile full --out runs/ddp
 """
@@ -54,7 +54,8 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
     "synthesize": ("oralx_lib.data.synthetic", "main",
                    "generate the synthetic OralXrays-9-like set"),
     "download": ("oralx_lib.data.real", "download_main",
-                 "download and extract OralXrays-9 (Google Drive)"),
+                 "download and extract OralXrays-9 (Google Drive); with --checkpoints, the "
+                 "authors' trained MOQAM checkpoints"),
     "verify": ("oralx_lib.data.real", "verify_main",
                "check a dataset folder: layout, JSON, images, classes"),
     "split": ("oralx_lib.data.real", "split_main",
@@ -62,6 +63,8 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
     "convert-release": ("oralx_lib.release.convert", "convert_release_main",
                         "convert the authors' MOQAM checkpoint into an oralx_lib checkpoint"),
 }
+#: ``download --checkpoints``: the authors' checkpoints instead of the dataset.
+CHECKPOINTS_DOWNLOAD = ("oralx_lib.release.download", "download_checkpoints_main")
 
 
 def project_errors() -> tuple[type[BaseException], ...]:
@@ -252,6 +255,9 @@ COMMANDS: dict[str, Callable] = {"train": cmd_train, "evaluate": cmd_evaluate,
 
 def _forward(name: str, argv: list[str]) -> int:
     module, function, _ = FORWARDED[name]
+    if name == "download" and "--checkpoints" in argv:
+        module, function = CHECKPOINTS_DOWNLOAD
+        argv = [a for a in argv if a != "--checkpoints"]
     entry = getattr(importlib.import_module(module), function)
     result = entry(argv)
     return int(result or 0)

@@ -20,10 +20,10 @@ import torch
 from test_engine import make_tiny_set
 
 from oralx_lib import CLASSES
-from oralx_lib.data import download as dl
+from oralx_lib.data.real import download as dl
 from oralx_lib.engine import CheckpointError, evaluate_model, load_checkpoint, load_model
 from oralx_lib.models.moqam_transformer import box_sine_embedding
-from oralx_lib.paths import ConfigError
+from oralx_lib.errors import ConfigError, DownloadError
 from oralx_lib.release import convert as cv
 from oralx_lib.release import manifest as mf
 from oralx_lib.release.download import CHECKPOINTS_URL, prepare_checkpoints
@@ -68,7 +68,7 @@ def per_branch_model(state) -> bool:
 
 def _tiny_moqam_state():
     from oralx_lib.models import build_model
-    from oralx_lib.models.moqam import MOQAM_PROFILES
+    from oralx_lib.profiles import MOQAM_PROFILES
 
     return build_model("moqam", **MOQAM_PROFILES["tiny"]).state_dict()
 
@@ -399,7 +399,10 @@ def test_train_init_from_starts_from_the_weights(tmp_path, tiny_root):
                          out_dir=str(tmp_path / "run"), epochs=1, max_iters_per_epoch=1,
                          batch_size=1, val_split=None, num_threads=1,
                          model_overrides={"min_size": 96, "max_size": 128, "num_queries": 20,
-                                          "dn_number": 4, "num_aux_queries": 10})
+                                          "dn_number": 4, "num_aux_queries": 10,
+                                          # the release's freezing rule, from scratch
+                                          "trainable_backbone_layers": 3,
+                                          "freeze_batchnorm": True})
     source = build_from_config(config)
     with torch.no_grad():  # weights a fresh build cannot have
         source.backbone.conv1.weight.mul_(0.5)
@@ -434,13 +437,14 @@ def test_offline_download_says_so_and_how_to_go_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gdown, "download_folder", offline)
     monkeypatch.setattr(gdown, "download", offline)
-    with pytest.raises(dl.DownloadError) as err:
+    with pytest.raises(DownloadError) as err:
         prepare_checkpoints(tmp_path / "ck", progress=False)
     text = str(err.value)
     assert "offline" in text and "--from-archive" in text and "--checkpoints" in text
     assert CHECKPOINTS_URL in text
-    code = dl.download_main(["--checkpoints", "--out", str(tmp_path / "ck"), "--quiet"])
-    assert code == 2
+    from oralx_lib.cli import main
+
+    assert main(["download", "--checkpoints", "--out", str(tmp_path / "ck"), "--quiet"]) == 2
 
 
 def test_from_archive_folder_zip_and_resume(tmp_path, capsys):
@@ -463,15 +467,17 @@ def test_from_archive_folder_zip_and_resume(tmp_path, capsys):
     # a second run finds everything done
     assert prepare_checkpoints(out, from_archive=drive, progress=False) == placed
     # one file, through the command line
-    code = dl.download_main(["--checkpoints", "--out", str(tmp_path / "one"), "--quiet",
-                             "--from-archive", str(drive / "MOQAM_OralXrays9.pth")])
+    from oralx_lib.cli import main
+
+    code = main(["download", "--checkpoints", "--out", str(tmp_path / "one"), "--quiet",
+                 "--from-archive", str(drive / "MOQAM_OralXrays9.pth")])
     assert code == 0
     printed = capsys.readouterr().out
     assert "convert-release" in printed and "MOQAM_OralXrays9.pth" in printed
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("nothing")
-    with pytest.raises(dl.DownloadError, match="no checkpoint"):
+    with pytest.raises(DownloadError, match="no checkpoint"):
         prepare_checkpoints(tmp_path / "none", from_archive=empty, progress=False)
 
 

@@ -540,10 +540,14 @@ def to_release(
 # ------------------------------------------------------------------------------------------------
 def release_config():
     """The :class:`~oralx_lib.engine.TrainConfig` of the converted model: MOQAM, ResNet-50, the
-    ``full`` profile (released sizes; tested at 800 x 1333), no ImageNet download."""
+    ``full`` profile (released sizes; tested at 800 x 1333), and the release's frozen backbone
+    (stem and ``layer1`` frozen, FrozenBatchNorm2d) set explicitly, so that no ImageNet
+    weights are downloaded only to be replaced."""
     from ..engine.config import make_config
 
-    return make_config("full", model="moqam", pretrained_backbone=False)
+    return make_config("full", model="moqam", pretrained_backbone=False,
+                       model_overrides={"trainable_backbone_layers": 3,
+                                        "freeze_batchnorm": True})
 
 
 def release_model_state() -> OrderedDict[str, Tensor]:

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -169,24 +170,35 @@ def prepare_checkpoints(
     return placed
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--checkpoints`` switch of ``python -m oralx_lib download``."""
-    parser.add_argument("--checkpoints", action="store_true",
-                        help="download the authors' trained MOQAM checkpoints (the README's "
-                             "second Drive folder) instead of the dataset; with "
-                             "--from-archive, a .pth, a zip or a folder of them")
-
-
-def run_checkpoints(args) -> int:
-    """``download --checkpoints``: :func:`prepare_checkpoints`, then the next command."""
-    placed = prepare_checkpoints(args.out, from_archive=args.from_archive,
-                                 url=args.url or CHECKPOINTS_URL, progress=not args.quiet)
+def download_checkpoints_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m oralx_lib download --checkpoints``: :func:`prepare_checkpoints`, then the
+    next command to run. Exit 0, or 2 with a message (the CLI reports project errors)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m oralx_lib download --checkpoints",
+        description="Download the authors' trained MOQAM checkpoints (the README's 'Download "
+                    "Model Checkpoints' Google Drive folder), or take a copy you have. "
+                    "Interrupted? Run the same command again: finished files are skipped.",
+        epilog="examples:\n  python -m oralx_lib download --checkpoints --out checkpoints\n"
+               "  python -m oralx_lib download --checkpoints --out checkpoints "
+               "--from-archive /content/drive/MyDrive/MOQAM-checkpoints\n"
+               "then: python -m oralx_lib convert-release checkpoints/<file>.pth "
+               "--out moqam_release.pt",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="folder for the checkpoints")
+    parser.add_argument("--from-archive", type=Path, metavar="PATH",
+                        help="a .pth file, a zip or a folder of them (e.g. your Google Drive "
+                             "copy), instead of downloading")
+    parser.add_argument("--url", default=CHECKPOINTS_URL, help="Google Drive folder to fetch")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    placed = prepare_checkpoints(args.out, from_archive=args.from_archive, url=args.url,
+                                 progress=not args.quiet)
     for path in placed:
         print(f"checkpoint ready: {path}")
     print(f"next: python -m oralx_lib convert-release {placed[0]} --out moqam_release.pt")
     return 0
 
 
-__all__ = ["CHECKPOINTS_URL", "CHECKPOINT_SUFFIXES", "STATE_FILE", "add_arguments",
-           "prepare_checkpoints", "run_checkpoints"]
+__all__ = ["CHECKPOINTS_URL", "CHECKPOINT_SUFFIXES", "STATE_FILE", "download_checkpoints_main",
+           "prepare_checkpoints"]
 

@@ -248,7 +248,7 @@ def download_main(argv: Sequence[str] | None = None) -> int:
                "  python data_scripts/download_oralxrays9.py --out data/oralxrays9 "
                "--from-archive /content/drive/MyDrive/OralXrays-9\n"
                "then: export ORALX_DATA=data/oralxrays9\n"
-               "the authors' trained checkpoints:\n"
+               "the authors' trained checkpoints (oralx_lib.release):\n"
                "  python -m oralx_lib download --checkpoints --out checkpoints",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="dataset root to create")
@@ -257,20 +257,13 @@ def download_main(argv: Sequence[str] | None = None) -> int:
                              "release), instead of downloading")
     parser.add_argument("--password", default=ARCHIVE_PASSWORD,
                         help="zip password (default: the one in the dataset's README)")
-    parser.add_argument("--url", default=None,
-                        help="Google Drive folder to fetch (default: the README's)")
+    parser.add_argument("--url", default=DRIVE_FOLDER_URL, help="Google Drive folder to fetch")
     parser.add_argument("--no-verify", action="store_true", help="skip the final check")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    from ...release import download as release_download
-
-    release_download.add_arguments(parser)
 
     def run(argv):
         args = parser.parse_args(argv)
-        if args.checkpoints:
-            return release_download.run_checkpoints(args)
-        root = prepare_oralxrays9(args.out, from_archive=args.from_archive,
-                                  url=args.url or DRIVE_FOLDER_URL,
+        root = prepare_oralxrays9(args.out, from_archive=args.from_archive, url=args.url,
                                   password=args.password, progress=not args.quiet,
                                   verify=not args.no_verify)
         print(f"dataset ready at {root}  (export ORALX_DATA={root})")
