@@ -72,8 +72,9 @@ _BN_COUNTER = ("BatchNorm's update counter of a frozen backbone BatchNorm: "
 _NO_BIAS = ("the release's conv has no bias (GroupNorm follows it); a zero bias computes the "
             "same function")
 _PER_BRANCH = ("customised positive queries: the release has one content projection "
-               "(Linear 512->256 + LayerNorm) per collaborative branch; oralx_lib's model "
-               "gets them with the fidelity change of issue 10 (per-branch projections)")
+               "(Linear 512->256 + LayerNorm) per collaborative branch (0: RoI head, 1: ATSS), "
+               "a model with one shared projection has no place for them (per-branch "
+               "projections: aux_query_fc.{0,1}, aux_query_norm.{0,1})")
 _Q = "query_head.transformer"
 #: Reasons that mark a release key as waiting for a change of the model, not as an error of
 #: the file (listed apart in the refusal).
@@ -161,9 +162,9 @@ KEY_MAP: tuple[Rule, ...] = (
 #: Why one of our parameters may be left without a release key (shown in the refusal).
 UNFILLED_REASONS: tuple[tuple[str, str], ...] = (
     ("aux_query_fc.", "one content projection shared by both collaborative branches; the "
-                      "release has one per branch (fidelity change of issue 10)"),
+                      "release has one per branch"),
     ("aux_query_norm.", "one LayerNorm shared by both collaborative branches; the release has "
-                        "one per branch (fidelity change of issue 10)"),
+                        "one per branch"),
 )
 
 KINDS = ("copy", "classes", "bg_last", "class_boxes", "element", "xy_swap", "zero", "drop")
