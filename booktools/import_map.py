@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("oralx_lib.models", "models"),
     ("oralx_lib.engine", "engine"),
     ("oralx_lib.evaluation", "evaluation"),
+    ("oralx_lib.release", "release"),
     ("oralx_lib.cli", "cli"),
     ("oralx_lib.__main__", "cli"),
     ("oralx_lib.errors", "base"),
@@ -40,21 +41,24 @@ LAYERS: tuple[tuple[str, str], ...] = (
 
 #: What each layer may import (besides itself). ``base`` is the classes, errors, profiles,
 #: paths and atomic files every part uses; the models know nothing of data files or training;
-#: the book uses the library and nothing in the library uses the book; the site tooling uses
-#: the library and the library never uses it.
+#: ``release`` (the authors' checkpoints: download, safe loading, conversion) sits on top of
+#: the engine; the book uses the library and nothing in the library uses the book; the site
+#: tooling uses the library and the library never uses it.
 ALLOWED: dict[str, set[str]] = {
     "base": set(),
     "data": {"base"},
     "models": {"base"},
     "evaluation": {"base"},
     "engine": {"base", "data", "models", "evaluation"},
-    "cli": {"base", "data", "models", "evaluation", "engine"},
-    "book": {"base", "data", "models", "evaluation", "engine"},
-    "booktools": {"base", "data", "models", "evaluation", "engine", "cli", "book"},
+    "release": {"base", "data", "models", "evaluation", "engine"},
+    "cli": {"base", "data", "models", "evaluation", "engine", "release"},
+    "book": {"base", "data", "models", "evaluation", "engine", "release"},
+    "booktools": {"base", "data", "models", "evaluation", "engine", "release", "cli", "book"},
 }
 
 #: Order of the layers in the diagram (bottom-up).
-ORDER = ("base", "data", "models", "evaluation", "engine", "cli", "book", "booktools")
+ORDER = ("base", "data", "models", "evaluation", "engine", "release", "cli", "book",
+         "booktools")
 
 
 def layer_of(module: str) -> str:

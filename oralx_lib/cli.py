@@ -1,4 +1,5 @@
-"""Command line: ``python -m oralx_lib {train,evaluate,predict,synthesize,download,verify,split}``.
+"""Command line: ``python -m oralx_lib {train,evaluate,predict,synthesize,download,verify,split,
+convert-release}``.
 
 A mistake the user can fix (a bad path, setting or file) prints ``error: <what and how to fix>``
 on stderr and exits with status 2, without a traceback. ``torchrun --nproc_per_node N -m
@@ -30,6 +31,9 @@ TRAIN_EXAMPLES = f"""examples:
   # any config field: --set key=value (JSON values), model settings with model_overrides.KEY
   {PROG} train --model di_rpn --out runs/di --set lr=1e-4 batch_size=4 \\
       --set model_overrides.min_size=320 lr_milestones=[8,11]
+  # fine-tune the authors' converted weights for one epoch (see convert-release)
+  {PROG} train --model moqam --profile full --data data/OralXrays-9 --out runs/finetune \\
+      --epochs 1 --init-from moqam_release.pt
   # two GPUs (or two CPU processes with gloo)
   torchrun --nproc_per_node 2 -m oralx_lib train --model faster_rcnn --profile full --out runs/ddp
 """
@@ -53,12 +57,17 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
     "synthesize": ("oralx_lib.data.synthetic", "main",
                    "generate the synthetic OralXrays-9-like set"),
     "download": ("oralx_lib.data.real", "download_main",
-                 "download and extract OralXrays-9 (Google Drive)"),
+                 "download and extract OralXrays-9 (Google Drive); with --checkpoints, the "
+                 "authors' trained MOQAM checkpoints"),
     "verify": ("oralx_lib.data.real", "verify_main",
                "check a dataset folder: layout, JSON, images, classes"),
     "split": ("oralx_lib.data.real", "split_main",
               "carve a test split out of val"),
+    "convert-release": ("oralx_lib.release.convert", "convert_release_main",
+                        "convert the authors' MOQAM checkpoint into an oralx_lib checkpoint"),
 }
+#: ``download --checkpoints``: the authors' checkpoints instead of the dataset.
+CHECKPOINTS_DOWNLOAD = ("oralx_lib.release.download", "download_checkpoints_main")
 
 
 def project_errors() -> tuple[type[BaseException], ...]:
@@ -131,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt exactly where it stopped")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of this checkpoint (e.g. moqam_release.pt from "
+                        "convert-release, or another run's best.pt) instead of ImageNet / "
+                        "random ones; optimiser and schedule start fresh")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="any config field (see oralx_lib.engine.TrainConfig)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -188,7 +201,8 @@ def cmd_train(args) -> int:
     overrides = parse_set(args.set)
     for field, value in (("model", args.model), ("backbone", args.backbone),
                          ("data_root", args.data), ("out_dir", args.out),
-                         ("epochs", args.epochs), ("device", args.device)):
+                         ("epochs", args.epochs), ("device", args.device),
+                         ("init_from", args.init_from)):
         if value is not None:
             overrides[field] = value
     config = make_config(engine_profile(args.profile), **overrides)
@@ -278,6 +292,9 @@ COMMANDS: dict[str, Callable] = {"train": cmd_train, "evaluate": cmd_evaluate,
 
 def _forward(name: str, argv: list[str]) -> int:
     module, function, _ = FORWARDED[name]
+    if name == "download" and "--checkpoints" in argv:
+        module, function = CHECKPOINTS_DOWNLOAD
+        argv = [a for a in argv if a != "--checkpoints"]
     entry = getattr(importlib.import_module(module), function)
     result = entry(argv)
     return int(result or 0)

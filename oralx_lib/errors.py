@@ -39,6 +39,24 @@ class CheckpointError(OralXError, ValueError):
     """A checkpoint file is missing, corrupt, or holds something a checkpoint may not hold."""
 
 
+class ReleaseCheckpointError(CheckpointError):
+    """A release checkpoint (the authors' MMDetection file) is missing, damaged, not a model
+    checkpoint, or asks the unpickler for more than tensors, plain containers and numpy data."""
+
+
+class ConversionError(ReleaseCheckpointError):
+    """The release's weights do not fill ``build_model("moqam")`` exactly; nothing is written.
+
+    Attributes:
+        report: the :class:`~oralx_lib.release.convert.ConversionReport` with every problem
+            (``None`` when the error is about the arguments).
+    """
+
+    def __init__(self, message: str, report=None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class TrainingError(OralXError, RuntimeError):
     """Training cannot go on (a NaN / inf loss, a model that does not return losses, ...)."""
 
@@ -50,11 +68,13 @@ class EvaluationError(OralXError, ValueError):
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "ConversionError",
     "DatasetError",
     "DownloadError",
     "EvaluationError",
     "ImageReadError",
     "OralXError",
     "PretrainedWeightsError",
+    "ReleaseCheckpointError",
     "TrainingError",
 ]

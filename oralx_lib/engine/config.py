@@ -57,6 +57,9 @@ class TrainConfig:
             network).
         model_overrides: extra keyword arguments of ``build_model`` (e.g. ``min_size``,
             ``max_size``, ``box_detections_per_img``). Lists become tuples when passed on.
+        init_from: a checkpoint whose ``model`` weights the run starts from (fine-tuning, e.g.
+            the authors' weights converted by ``convert-release``); ``None`` = ImageNet /
+            random. Ignored when resuming (``last.pt`` holds the weights then).
 
     Data:
         data_root: dataset root in the OralXrays-9 layout; ``None`` = ``$ORALX_DATA`` or the
@@ -94,6 +97,7 @@ class TrainConfig:
     backbone: str = "resnet50"
     pretrained_backbone: bool = True
     model_overrides: dict = field(default_factory=dict)
+    init_from: str | None = None
     # data
     data_root: str | None = None
     train_split: str = "train"
@@ -141,6 +145,8 @@ class TrainConfig:
             self.data_root = str(self.data_root)
         if isinstance(self.out_dir, Path):
             self.out_dir = str(self.out_dir)
+        if isinstance(self.init_from, Path):
+            self.init_from = str(self.init_from)
         self.validate()
 
     # -- checks ---------------------------------------------------------------------------------

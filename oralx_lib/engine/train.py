@@ -419,6 +419,41 @@ class _Run:
                          "step-for-step like the interrupted run.")
             tqdm.write(text)
 
+    def load_initial_weights(self, path: str) -> None:
+        """Start from the ``model`` weights of checkpoint ``path`` (``config.init_from``).
+
+        Every tensor must fit: a missing or unexpected key (BatchNorm update counters aside,
+        which frozen BatchNorm does not keep) or a shape that differs raises
+        :class:`ConfigError` naming them.
+        """
+        state = load_checkpoint(path, map_location="cpu")
+        if "model" not in state:
+            raise ConfigError(
+                f"--init-from {path}: no 'model' entry; pass a checkpoint written by oralx_lib "
+                "(train's best.pt / last.pt, or convert-release's output).")
+        stored = state.get("config") or {}
+        for name in ("model", "backbone"):
+            if name in stored and stored[name] != getattr(self.config, name):
+                raise ConfigError(
+                    f"--init-from {path}: its weights are for {name}={stored[name]!r}, but this "
+                    f"run builds {name}={getattr(self.config, name)!r}. Train with --{name} "
+                    f"{stored[name]}.")
+        weights = state["model"]
+        own = self.net.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})"
+                 for k, v in weights.items() if k in own and own[k].shape != v.shape]
+        missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in weights if k not in own
+                      and not k.endswith("num_batches_tracked")]
+        if wrong or missing or unexpected:
+            raise ConfigError(
+                f"--init-from {path}: the weights do not fit this model (shape differs: "
+                f"{wrong[:5]}; missing: {missing[:5]}; unexpected: {unexpected[:5]}). Use the "
+                "model settings the checkpoint was written with (its config).")
+        self.net.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+        if self.ctx.is_main and self.progress:
+            tqdm.write(f"initial weights: {path}")
+
     # -- one step -------------------------------------------------------------------------------
     def train_step(self, images, targets) -> tuple[float, dict[str, float]]:
         images, targets = _to_device(images, targets, self.device)
@@ -606,7 +641,7 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
         progress: tqdm bars and one line per epoch (rank 0 only).
         resume: continue from ``out_dir/last.pt`` exactly where it stopped, mid-epoch included
             (the config's ``epochs`` may be raised to train longer). Without a ``last.pt``
-            training starts from scratch. Without ``resume``, an ``out_dir`` that already
+            training starts from scratch (or from ``config.init_from``). Without ``resume``, an ``out_dir`` that already
             holds a ``last.pt`` is refused (it would be overwritten).
         on_step: called with the number of optimizer steps done after each step has been
             logged and checkpointed (e.g. to report progress elsewhere, or to stop: an
@@ -646,6 +681,8 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
             run.restore(state)
         elif resume and ctx.is_main and progress:
             tqdm.write(f"note: no {last} yet; starting from scratch.")
+        if state is None and config.init_from:
+            run.load_initial_weights(config.init_from)
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             config.to_json(out / "config.json")

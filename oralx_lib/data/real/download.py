@@ -247,7 +247,9 @@ def download_main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n  python data_scripts/download_oralxrays9.py --out data/oralxrays9\n"
                "  python data_scripts/download_oralxrays9.py --out data/oralxrays9 "
                "--from-archive /content/drive/MyDrive/OralXrays-9\n"
-               "then: export ORALX_DATA=data/oralxrays9",
+               "then: export ORALX_DATA=data/oralxrays9\n"
+               "the authors' trained checkpoints (oralx_lib.release):\n"
+               "  python -m oralx_lib download --checkpoints --out checkpoints",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="dataset root to create")
     parser.add_argument("--from-archive", type=Path, metavar="PATH",
