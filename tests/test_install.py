@@ -68,7 +68,7 @@ def test_no_dependency_caps_torch_and_transformers_is_benchmark_only():
 
 # ---------------------------------------------------------------------- a simulated Colab
 _PREINSTALLED = ("torch", "torchvision", "numpy", "scipy", "pillow", "matplotlib", "seaborn",
-                 "ipywidgets", "tqdm", "pycocotools", "gdown", "setuptools", "wheel")
+                 "ipywidgets", "tqdm", "pycocotools", "gdown")
 
 
 def _closure(names) -> list[md.Distribution]:
@@ -142,14 +142,16 @@ def test_colab_install_keeps_torch_and_a_chapter_imports(tmp_path):
     clone = tmp_path / "oralx-book"
     _run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     spec = f"oralx-lib[download] @ {clone.as_uri()}"
-    pip = [str(python), "-m", "pip", "install", "--no-build-isolation", spec]
+    pip = [str(python), "-m", "pip", "install", spec]  # what the Colab cell runs
     result = _run(pip, env=env, timeout=900)
     offline = ("Could not find a version" in result.stderr or "NewConnectionError" in result.stderr
                or "No matching distribution" in result.stderr)
     if result.returncode != 0 and offline:
-        # No package index: what Colab would download comes from this environment instead.
-        _link_distributions(_closure(["pyzipper", "gdown"]), colab_site)
-        result = _run(pip + ["--no-index"], env=env, timeout=900)
+        # No package index: what pip would download (pyzipper, the build backend) comes from
+        # this environment instead; the venv's own old setuptools must not shadow it.
+        _link_distributions(_closure(["pyzipper", "gdown", "setuptools"]), colab_site)
+        _run([str(python), "-m", "pip", "uninstall", "-y", "-q", "setuptools"], env=env)
+        result = _run(pip + ["--no-index", "--no-build-isolation"], env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     installed = re.search(r"Successfully installed (.*)", log)
