@@ -358,7 +358,12 @@ class MOQAM(nn.Module):
                 label_noise_ratio=self.label_noise_ratio, box_noise_scale=self.box_noise_scale,
             )
         attn_mask = None
-        if dn is not None:
+        if dn is None:
+            # No GT in the batch (or no denoising): the label embedding is not used. As in the
+            # release, a zero term on it keeps every parameter in the graph, so that
+            # multi-GPU training (DDP, without find_unused_parameters) works on any batch.
+            content = content + self.label_embed.weight[0, 0] * 0.0
+        else:
             content = torch.cat([dn.content.to(content.dtype), content], dim=1)
             reference = torch.cat([dn.reference.to(reference.dtype), reference], dim=1)
             attn_mask = denoising_attention_mask(dn.num_groups, dn.group_size, k,
@@ -446,7 +451,11 @@ class MOQAM(nn.Module):
                 self._record["rpn"] = self.branches.rpn_assignment(maps, image_list, targets)
         groups = [self._aux_group(index, s, sizes) for index, s in enumerate(samples)]
         active = [g for g in groups if g is not None]
-        zero = memory.sum() * 0.0  # a group without positives keeps its keys (graph-connected)
+        # A group without positives keeps its keys, graph-connected to the query projection it
+        # did not use (every parameter gets a gradient in every step: DDP needs it).
+        zero = memory.sum() * 0.0
+        if any(g is None for g in groups):
+            zero = zero + sum(p.sum() for p in self._aux_query_parameters()) * 0.0
         for g_index, g in enumerate(groups):
             if g is None:
                 for i in range(len(self.decoder.layers)):
@@ -471,6 +480,9 @@ class MOQAM(nn.Module):
                 self._store(losses, f"aux{g['index']}_d{i}", terms, self.aux_query_weight)
                 start += n
         return losses
+
+    def _aux_query_parameters(self) -> list[nn.Parameter]:
+        return [*self.aux_query_fc.parameters(), *self.aux_query_norm.parameters()]
 
     def _aux_group(self, index: int, samples: list[AuxSamples], sizes
                    ) -> dict[str, Any] | None:
