@@ -40,7 +40,8 @@ from ..profiles import MOQAM_PROFILES
 from .moqam_denoising import denoising_attention_mask, denoising_queries, group_attention_mask
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, resnet_backbone
 from .moqam_branches import AuxSamples, CollaborativeBranches, build_collaborative_branches
-from .moqam_losses import cxcywh_to_xyxy, hungarian_match, set_loss
+from .deformable_attention import small_tensor
+from .moqam_losses import cxcywh_to_xyxy, hungarian_match_many, set_loss
 from .moqam_transformer import (
     MLP,
     DeformableDecoder,
@@ -268,6 +269,7 @@ class MOQAM(nn.Module):
             return
         if len(targets) != len(images):
             raise DatasetError(f"got {len(images)} images but {len(targets)} targets.")
+        flags = []  # per image: (labels out of range, degenerate box), read in one transfer
         for i, t in enumerate(targets):
             boxes, labels = t.get("boxes"), t.get("labels")
             if boxes is None or labels is None:
@@ -277,12 +279,20 @@ class MOQAM(nn.Module):
                     f"targets[{i}]['boxes'] must be (N, 4) xyxy with N labels; got boxes "
                     f"{tuple(boxes.shape)} and labels {tuple(labels.shape)}."
                 )
-            if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
+            if labels.numel():
+                flags.append(torch.stack([((labels < 1) | (labels > self.num_classes)).any(),
+                                          (boxes[:, 2:] <= boxes[:, :2]).any()]))
+            else:
+                flags.append(torch.zeros(2, dtype=torch.bool, device=labels.device))
+        bad = torch.stack(flags).tolist() if flags else []
+        for i, (bad_labels, bad_boxes) in enumerate(bad):
+            if bad_labels:
                 raise DatasetError(
                     f"targets[{i}]['labels'] must lie in 1..{self.num_classes} (0 is background); "
-                    f"got {labels.tolist()}. Map categories by name (CLASSES.index(name) + 1)."
+                    f"got {targets[i]['labels'].tolist()}. Map categories by name "
+                    "(CLASSES.index(name) + 1)."
                 )
-            if boxes.numel() and ((boxes[:, 2:] <= boxes[:, :2]).any()):
+            if bad_boxes:
                 raise DatasetError(
                     f"targets[{i}]['boxes'] has boxes with x2 <= x1 or y2 <= y1; drop them or "
                     "convert [x, y, w, h] to xyxy."
@@ -304,21 +314,21 @@ class MOQAM(nn.Module):
             srcs.append(x.flatten(2).transpose(1, 2))
             poss.append(pos.flatten(2).transpose(1, 2) + self.level_embed[level].to(x.dtype))
             masks.append(m.flatten(1))
-            shapes.append(x.shape[-2:])
+            shapes.append((int(x.shape[-2]), int(x.shape[-1])))
             ratios.append(valid_ratios(m))
         src, pos, flat_mask = torch.cat(srcs, 1), torch.cat(poss, 1), torch.cat(masks, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=images.device)
+        spatial_shapes = tuple(shapes)  # Python ints: no host synchronisation downstream
         ratios_t = torch.stack(ratios, dim=1)  # (B, L, 2)
         memory = self.encoder(src, pos, spatial_shapes, ratios_t, flat_mask)
         return memory, flat_mask, spatial_shapes, ratios_t
 
-    def _select_queries(self, memory: Tensor, mask: Tensor, spatial_shapes: Tensor):
+    def _select_queries(self, memory: Tensor, mask: Tensor, spatial_shapes):
         """Two-stage selection. Returns the top-``K`` logits ``(B, K, C)``, their boxes
         ``(B, K, 4)`` (with gradient, for the encoder loss) and the indices ``(B, K)``."""
         out, proposals, valid = encoder_proposals(memory, mask, spatial_shapes)
         out = self.enc_output_norm(self.enc_output(out))
         logits = self.class_heads[-1](out)
-        coords = self.enc_box_head(out) + proposals
+        coords = self.enc_box_head(out).float() + proposals  # boxes in float32 under autocast
         scores = logits.max(-1).values.masked_fill(~valid, float("-inf"))
         k = min(self.num_queries, scores.shape[1])
         index = scores.topk(k, dim=1).indices
@@ -372,17 +382,27 @@ class MOQAM(nn.Module):
 
         losses: dict[str, Tensor] = {}
         num_gt = float(sum(len(l) for l in gt_labels))
-        self._add_matched_losses(losses, "enc", enc_logits, enc_boxes, gt_labels, gt_boxes, num_gt)
         n_dn = dn.num_queries if dn is not None else 0
-        for i, (h, b) in enumerate(zip(hidden, boxes)):
-            logits = self.class_heads[i](h)
-            matches = self._add_matched_losses(losses, f"d{i}", logits[:, n_dn:], b[:, n_dn:],
-                                               gt_labels, gt_boxes, num_gt)
-            if self._record is not None and i == len(hidden) - 1:
-                self._record.update(matched=matches, boxes=b[:, n_dn:].detach())
+        layer_logits = [self.class_heads[i](h) for i, h in enumerate(hidden)]
+        # Hungarian matching of the encoder's top K and of every decoder layer, all images at
+        # once: one device -> host transfer per step
+        sets = [("enc", enc_logits, enc_boxes)] + [
+            (f"d{i}", lg[:, n_dn:], b[:, n_dn:]) for i, (lg, b) in enumerate(zip(layer_logits, boxes))
+        ]
+        problems = [(lg[b].detach(), bx[b].detach(), gt_labels[b], gt_boxes[b])
+                    for _, lg, bx in sets for b in range(batch)]
+        matches = hungarian_match_many(problems, **self.match_costs)
+        for j, (tag, lg, bx) in enumerate(sets):
+            terms = set_loss(lg, bx, gt_labels, gt_boxes, matches[j * batch:(j + 1) * batch],
+                             num_positives=num_gt, beta=self.qfl_beta)
+            self._store(losses, tag, terms)
+        if self._record is not None:  # the last decoder layer's one-to-one matching
+            self._record.update(matched=matches[(len(sets) - 1) * batch:],
+                                boxes=boxes[-1][:, n_dn:].detach())
+        for i, (lg, b) in enumerate(zip(layer_logits, boxes)):
             if dn is not None:
                 num_pos = float(sum(len(q) for q, _ in dn.matches))
-                terms = set_loss(logits[:, :n_dn], b[:, :n_dn], gt_labels, gt_boxes, dn.matches,
+                terms = set_loss(lg[:, :n_dn], b[:, :n_dn], gt_labels, gt_boxes, dn.matches,
                                  num_positives=num_pos, valid=dn.valid, beta=self.qfl_beta)
                 self._store(losses, f"dn_d{i}", terms)
             elif self.dn_number > 0:  # no GT in the batch: keep the keys, graph-connected
@@ -418,7 +438,7 @@ class MOQAM(nn.Module):
         """Targets (after the transform) as class indices ``0..C-1`` and normalised cxcywh."""
         labels, boxes = [], []
         for t, (h, w) in zip(targets, sizes):
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=t["boxes"].device)
+            scale = small_tensor([w, h, w, h], t["boxes"].device)
             labels.append(t["labels"].to(torch.int64) - 1)
             boxes.append(box_convert(t["boxes"].float(), "xyxy", "cxcywh") / scale)
         return labels, boxes
@@ -427,20 +447,11 @@ class MOQAM(nn.Module):
         for name, value in terms.items():
             losses[f"loss_{name}_{tag}"] = value * (self.loss_weights[name] * weight)
 
-    def _add_matched_losses(self, losses, tag, logits, boxes, gt_labels, gt_boxes, num_gt):
-        matches = [hungarian_match(logits[b].detach(), boxes[b].detach(), gt_labels[b],
-                                   gt_boxes[b], **self.match_costs)
-                   for b in range(logits.shape[0])]
-        terms = set_loss(logits, boxes, gt_labels, gt_boxes, matches, num_positives=num_gt,
-                         beta=self.qfl_beta)
-        self._store(losses, tag, terms)
-        return matches
-
     def _collaborative_losses(self, memory, shapes, ratios, mask, image_list, targets, sizes):
         """Run the branches on the memory maps and the decoder on their positive samples."""
         batch, _, dim = memory.shape
         maps, start = [], 0
-        for h, w in shapes.tolist():
+        for h, w in shapes:
             maps.append(memory[:, start:start + h * w].transpose(1, 2).reshape(batch, dim, h, w))
             start += h * w
         maps.append(self.aux_downsample(maps[-1]))
@@ -467,7 +478,7 @@ class MOQAM(nn.Module):
         reference = torch.cat([g["reference"] for g in active], dim=1)
         sizes_g = [g["content"].shape[1] for g in active]
         attn_mask = group_attention_mask(sizes_g, device=memory.device)
-        hidden, boxes = self.decoder(content.to(memory.dtype), reference.to(memory.dtype),
+        hidden, boxes = self.decoder(content.to(memory.dtype), reference.float(),
                                      memory, shapes, ratios, mask, attn_mask)
         for i, (h, b) in enumerate(zip(hidden, boxes)):
             logits = self.class_heads[i](h)
@@ -512,7 +523,7 @@ class MOQAM(nn.Module):
             neg = neg[torch.randperm(neg.numel(), device=device)[:n - pos.numel()]]
             order = torch.cat([pos, neg])
             h, w = sizes[b]
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+            scale = small_tensor([w, h, w, h], device)
             boxes = box_convert(s.boxes[order].float(), "xyxy", "cxcywh") / scale
             reference[b, :order.numel()] = boxes.clamp(1e-4, 1 - 1e-4)
             valid[b, :order.numel()] = True
@@ -539,8 +550,7 @@ class MOQAM(nn.Module):
         scores, index = prob.topk(k, dim=1)
         query = torch.div(index, classes, rounding_mode="floor")
         labels = index % classes + 1
-        scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=torch.float32,
-                             device=boxes.device)[:, None]
+        scale = small_tensor([[w, h, w, h] for h, w in sizes], boxes.device)[:, None]
         xyxy = cxcywh_to_xyxy(boxes.float().gather(1, query[..., None].expand(-1, -1, 4))) * scale
         xyxy = torch.minimum(xyxy.clamp(min=0), scale)
         if self.soft_nms:

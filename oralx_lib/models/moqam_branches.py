@@ -264,14 +264,14 @@ class RoIBranch(nn.Module):
         loss_cls = F.cross_entropy(logits.float(), all_labels)
         gts = [t["boxes"][m] if t["boxes"].numel() else torch.zeros_like(p)
                for t, m, p in zip(targets, matched, proposals)]
+        # GIoU on every sampled RoI with its own class's deltas, kept for the positives only:
+        # no data-dependent branch, so no host synchronisation (and always graph-connected)
         pos = all_labels > 0
-        if pos.any():
-            d = deltas.view(deltas.shape[0], -1, 4)[pos, all_labels[pos]].float()
-            boxes = heads.box_coder.decode_single(d, torch.cat(proposals)[pos].float())
-            loss_giou = generalized_box_iou_loss(boxes, torch.cat(gts)[pos].float(),
-                                                 reduction="sum") / total
-        else:
-            loss_giou = deltas.sum() * 0.0
+        rows = torch.arange(all_labels.numel(), device=all_labels.device)
+        d = deltas.view(deltas.shape[0], -1, 4)[rows, all_labels].float()
+        boxes = heads.box_coder.decode_single(d, torch.cat(proposals).float())
+        per_roi = generalized_box_iou_loss(boxes, torch.cat(gts).float(), reduction="none")
+        loss_giou = torch.where(pos, per_roi, torch.zeros_like(per_roi)).sum() / total
         losses = {"loss_roi_cls": loss_cls * self.cls_weight,
                   "loss_roi_giou": loss_giou * self.giou_weight}
         if heads.cb_scr is not None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .deformable_attention import MSDeformAttn
+from .deformable_attention import MSDeformAttn, level_shapes
 from .moqam_losses import inverse_sigmoid
 
 __all__ = [
@@ -125,7 +125,7 @@ def encoder_reference_points(spatial_shapes: Tensor, ratios: Tensor) -> Tensor:
         ratio.
     """
     points = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(level_shapes(spatial_shapes)):
         ys, xs = torch.meshgrid(
             torch.linspace(0.5, h - 0.5, h, device=ratios.device, dtype=torch.float32),
             torch.linspace(0.5, w - 0.5, w, device=ratios.device, dtype=torch.float32),
@@ -152,12 +152,12 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tens
 
     Returns:
         ``memory`` with invalid tokens zeroed ``(B, S, C)``; proposals in logit space
-        ``(B, S, 4)`` (``inverse_sigmoid`` of cxcywh; invalid rows are 0 and flagged);
+        ``(B, S, 4)`` float32 (``inverse_sigmoid`` of cxcywh; invalid rows are 0 and flagged);
         ``valid`` ``(B, S)`` bool.
     """
     batch = memory.shape[0]
     proposals, start = [], 0
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(level_shapes(spatial_shapes)):
         mask_l = padding_mask[:, start:start + h * w].view(batch, h, w)
         valid_h = (~mask_l[:, :, 0]).sum(1).to(torch.float32)
         valid_w = (~mask_l[:, 0, :]).sum(1).to(torch.float32)
@@ -176,7 +176,7 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tens
     valid = ((boxes > 0.01) & (boxes < 0.99)).all(-1) & ~padding_mask
     logits = inverse_sigmoid(boxes).masked_fill(~valid[..., None], 0.0)
     memory = memory.masked_fill(~valid[..., None], 0.0)
-    return memory, logits.to(memory.dtype), valid
+    return memory, logits, valid
 
 
 class _FFN(nn.Module):
@@ -228,7 +228,8 @@ class DeformableEncoder(nn.Module):
         its activations (``torch.utils.checkpoint``): the sampled values of the stride-4 level
         dominate training memory, and this trades about one extra encoder forward for them.
         """
-        reference_points = encoder_reference_points(spatial_shapes, ratios).to(src.dtype)
+        spatial_shapes = level_shapes(spatial_shapes)
+        reference_points = encoder_reference_points(spatial_shapes, ratios)  # float32
         for layer in self.layers:
             if self.checkpoint and self.training and torch.is_grad_enabled():
                 src = torch.utils.checkpoint.checkpoint(
@@ -309,7 +310,8 @@ class DeformableDecoder(nn.Module):
         """
         hidden, boxes = [], []
         previous = reference
-        ratios4 = torch.cat([ratios, ratios], dim=-1)[:, None].to(memory.dtype)  # (B, 1, L, 4)
+        spatial_shapes = level_shapes(spatial_shapes)
+        ratios4 = torch.cat([ratios, ratios], dim=-1)[:, None].float()  # (B, 1, L, 4)
         for layer, box_head in zip(self.layers, self.box_heads):
             ref = previous.detach()
             query_pos = self.ref_point_head(box_sine_embedding(ref, self.embed_dim // 2))
