@@ -19,8 +19,9 @@ Training graph (``B`` images; ``C = embed_dim``; ``K = num_queries``):
    (Hungarian matching), on the denoising queries and on the customized queries (fixed
    assignment), plus each branch's own losses.
 
-At inference only the query head runs: the top ``k`` (query, class) pairs by sigmoid score,
-optionally Gaussian soft-NMS, at most ``detections_per_img`` boxes in original image pixels.
+At inference only the query head runs: the top ``pre_nms_topk`` (900) (query, class) pairs by
+sigmoid score, linear soft-NMS per class (IoU threshold 0.8, minimum score 1e-3), at most
+``detections_per_img`` (300) boxes in original image pixels: the release's inference.
 """
 
 from __future__ import annotations
@@ -61,7 +62,13 @@ __all__ = [
     "box_iou_batched",
     "resnet_backbone",
     "soft_nms",
+    "SOFT_NMS_METHODS",
 ]
+
+#: The encoder's sine positional encoding, as released: temperature 20, normalised (2 pi),
+#: offset 0 (DETR's defaults are 10000 and -0.5; the decoder's box embedding keeps 10000).
+ENCODER_POS_TEMPERATURE = 20.0
+
 
 class ChannelMapper(nn.Module):
     """Map ``C2..C5`` to ``embed_dim`` channels and add a stride-2 level from ``C5``.
@@ -103,30 +110,58 @@ class ChannelMapper(nn.Module):
         return outs
 
 
-def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, *, sigma: float = 0.5,
-             score_threshold: float = 1e-3) -> Tensor:
-    """Gaussian soft-NMS, per class, batched over images.
+SOFT_NMS_METHODS = ("linear", "gaussian")
 
-    Repeatedly take the highest-scoring remaining box ``i`` and decay every other remaining box
-    ``j`` of the same class: ``s_j <- s_j exp(-IoU(i, j)^2 / sigma)``. ``N`` steps of vector
-    operations, no host synchronisation.
+
+def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, *, method: str = "linear",
+             iou_threshold: float = 0.8, sigma: float = 0.5,
+             score_threshold: float = 1e-3) -> Tensor:
+    """Soft-NMS per class, batched over images (Bodla et al., 2017; the release's setting is
+    linear, IoU threshold 0.8, minimum score 1e-3).
+
+    The *remaining set* starts as the boxes scoring at least ``score_threshold``. Repeatedly the
+    highest-scoring remaining box ``i`` (the first one on ties) leaves the set, keeping its
+    score, and decays every remaining box ``j`` of the same class:
+
+    - ``linear``: ``s_j <- s_j (1 - IoU(i, j))`` when ``IoU(i, j) > iou_threshold``;
+    - ``gaussian``: ``s_j <- s_j exp(-IoU(i, j)^2 / sigma)``.
+
+    A box whose score falls below ``score_threshold`` leaves the set at once: it is never
+    picked and decays nothing. ``N`` steps of tensor operations, no host synchronisation.
 
     Args:
         boxes: ``(B, N, 4)`` xyxy; scores: ``(B, N)``; labels: ``(B, N)``.
+        method, iou_threshold, sigma, score_threshold: see above.
 
     Returns:
-        ``(B, N)`` the decayed scores; boxes whose score fell below ``score_threshold`` get 0.
+        ``(B, N)`` the decayed scores, 0 for every box that left the set below the threshold.
     """
-    iou = box_iou_batched(boxes)
+    if method not in SOFT_NMS_METHODS:
+        raise ConfigError(f"soft_nms method={method!r}: choose one of {SOFT_NMS_METHODS}.")
+    if boxes.dim() != 3 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:2] \
+            or labels.shape != scores.shape:
+        raise ConfigError(
+            f"soft_nms: boxes must be (B, N, 4) and scores, labels (B, N); got "
+            f"{tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(labels.shape)}."
+        )
+    if scores.shape[1] == 0:
+        return scores.clone()
+    iou = box_iou_batched(boxes.float())
     iou = iou * (labels[:, :, None] == labels[:, None, :]).to(iou.dtype)
-    decay_base = torch.exp(-(iou ** 2) / sigma)  # (B, N, N)
-    scores = scores.clone()
-    alive = torch.ones_like(scores, dtype=torch.bool)
+    if method == "linear":
+        decay = torch.where(iou > iou_threshold, 1.0 - iou, torch.ones_like(iou))  # (B, N, N)
+    else:
+        decay = torch.exp(-(iou ** 2) / sigma)
+    scores = scores.float().clone()
+    remaining = scores >= score_threshold
     rows = torch.arange(scores.shape[0], device=scores.device)
     for _ in range(scores.shape[1]):
-        pick = scores.masked_fill(~alive, -1.0).argmax(dim=1)  # (B,)
-        alive[rows, pick] = False
-        scores = torch.where(alive, scores * decay_base[rows, pick], scores)
+        pick = scores.masked_fill(~remaining, float("-inf")).argmax(dim=1)  # (B,)
+        picked = remaining[rows, pick]  # False once an image's set is empty
+        remaining[rows, pick] = False
+        factor = torch.where(picked[:, None], decay[rows, pick], torch.ones_like(scores))
+        scores = torch.where(remaining, scores * factor, scores)
+        remaining &= scores >= score_threshold
     return scores.masked_fill(scores < score_threshold, 0.0)
 
 
@@ -189,8 +224,12 @@ class MOQAM(nn.Module):
         match_costs: ``{"cost_class", "cost_bbox", "cost_giou"}`` (2, 5, 2).
         qfl_beta: the quality focal loss exponent (2).
         detections_per_img: at most this many boxes per image (300).
-        soft_nms: apply Gaussian soft-NMS (sigma ``soft_nms_sigma``) to the top
-            ``pre_nms_topk`` (900) before keeping ``detections_per_img``.
+        soft_nms: ``"linear"`` (the release), ``"gaussian"`` or ``None``: soft-NMS per class
+            (:func:`soft_nms` with ``soft_nms_iou_threshold`` 0.8, ``soft_nms_sigma`` 0.5,
+            ``soft_nms_score_threshold`` 1e-3) on the top ``pre_nms_topk`` (900) (query, class)
+            pairs, then the best ``detections_per_img``. Without it, the top
+            ``detections_per_img`` pairs. (``True`` / ``False`` are accepted for ``"gaussian"`` /
+            ``None``, their old meaning.)
     """
 
     def __init__(self, *, backbone: nn.Module, neck: ChannelMapper,
@@ -201,8 +240,9 @@ class MOQAM(nn.Module):
                  box_noise_scale: float = 1.0, num_aux_queries: int = 300,
                  loss_weights: dict[str, float] | None = None, aux_query_weight: float = 1.0,
                  match_costs: dict[str, float] | None = None, qfl_beta: float = 2.0,
-                 detections_per_img: int = 300, soft_nms: bool = False,
-                 soft_nms_sigma: float = 0.5, pre_nms_topk: int = 900) -> None:
+                 detections_per_img: int = 300, soft_nms: str | bool | None = "linear",
+                 soft_nms_iou_threshold: float = 0.8, soft_nms_sigma: float = 0.5,
+                 soft_nms_score_threshold: float = 1e-3, pre_nms_topk: int = 900) -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -226,8 +266,16 @@ class MOQAM(nn.Module):
                             **(match_costs or {})}
         self.qfl_beta = qfl_beta
         self.detections_per_img = detections_per_img
+        if soft_nms is True or soft_nms is False:
+            soft_nms = "gaussian" if soft_nms else None
+        if soft_nms is not None and soft_nms not in SOFT_NMS_METHODS:
+            raise ConfigError(
+                f"soft_nms={soft_nms!r}: choose one of {SOFT_NMS_METHODS} or None (off)."
+            )
         self.soft_nms = soft_nms
+        self.soft_nms_iou_threshold = soft_nms_iou_threshold
         self.soft_nms_sigma = soft_nms_sigma
+        self.soft_nms_score_threshold = soft_nms_score_threshold
         self.pre_nms_topk = pre_nms_topk
 
         self.level_embed = nn.Parameter(torch.empty(num_levels, dim).normal_())
@@ -310,7 +358,9 @@ class MOQAM(nn.Module):
         srcs, poss, masks, shapes, ratios = [], [], [], [], []
         for level, x in enumerate(maps):
             m = F.interpolate(mask[None].float(), size=x.shape[-2:])[0].bool()
-            pos = sine_positional_encoding(m, self.embed_dim // 2).to(x.dtype)
+            pos = sine_positional_encoding(m, self.embed_dim // 2,
+                                           temperature=ENCODER_POS_TEMPERATURE,
+                                           offset=0.0).to(x.dtype)
             srcs.append(x.flatten(2).transpose(1, 2))
             poss.append(pos.flatten(2).transpose(1, 2) + self.level_embed[level].to(x.dtype))
             masks.append(m.flatten(1))
@@ -554,7 +604,10 @@ class MOQAM(nn.Module):
         xyxy = cxcywh_to_xyxy(boxes.float().gather(1, query[..., None].expand(-1, -1, 4))) * scale
         xyxy = torch.minimum(xyxy.clamp(min=0), scale)
         if self.soft_nms:
-            scores = soft_nms(xyxy, scores, labels, sigma=self.soft_nms_sigma)
+            scores = soft_nms(xyxy, scores, labels, method=self.soft_nms,
+                              iou_threshold=self.soft_nms_iou_threshold,
+                              sigma=self.soft_nms_sigma,
+                              score_threshold=self.soft_nms_score_threshold)
             scores, order = scores.topk(min(self.detections_per_img, k), dim=1)
             xyxy = xyxy.gather(1, order[..., None].expand(-1, -1, 4))
             labels = labels.gather(1, order)
@@ -575,7 +628,8 @@ _DEFAULTS: dict[str, Any] = dict(
     encoder_checkpoint=False,
     aux_branches=("rpn", "roi", "atss"), num_aux_queries=300, aux_query_weight=1.0,
     loss_weights=None, match_costs=None, qfl_beta=2.0, branch_options=None,
-    detections_per_img=300, soft_nms=False, soft_nms_sigma=0.5, pre_nms_topk=900,
+    detections_per_img=300, soft_nms="linear", soft_nms_iou_threshold=0.8, soft_nms_sigma=0.5,
+    soft_nms_score_threshold=1e-3, pre_nms_topk=900,
 )
 
 
@@ -591,7 +645,8 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
     alone), ``num_aux_queries`` 300, ``aux_query_weight`` 1, ``loss_weights``
     ``{"cls": 1, "bbox": 5, "giou": 2}``, ``match_costs``, ``qfl_beta`` 2, ``branch_options``
     (a dict for :func:`build_collaborative_branches`: loss weights, DI-RPN settings, ...),
-    ``detections_per_img`` 300, ``soft_nms`` False, ``soft_nms_sigma`` 0.5,
+    ``detections_per_img`` 300, ``soft_nms`` ``"linear"`` (or ``"gaussian"``, ``None``),
+    ``soft_nms_iou_threshold`` 0.8, ``soft_nms_sigma`` 0.5, ``soft_nms_score_threshold`` 1e-3,
     ``pre_nms_topk`` 900, ``trainable_backbone_layers`` and ``freeze_batchnorm`` (default: the
     freezing rule of :func:`oralx_lib.models.backbones.freeze_rule`: with ImageNet weights the
     release's ``layer2..layer4`` train over frozen BatchNorm; from scratch everything trains),
@@ -661,6 +716,8 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
         qfl_beta=cfg["qfl_beta"],
         detections_per_img=cfg["detections_per_img"],
         soft_nms=cfg["soft_nms"],
+        soft_nms_iou_threshold=cfg["soft_nms_iou_threshold"],
         soft_nms_sigma=cfg["soft_nms_sigma"],
+        soft_nms_score_threshold=cfg["soft_nms_score_threshold"],
         pre_nms_topk=cfg["pre_nms_topk"],
     )

@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``log(x / (1 - x))`` with ``x`` clamped to ``[eps, 1 - eps]`` (any shape)."""
+def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
+    """``log(x / (1 - x))`` with ``x`` and ``1 - x`` clamped to at least ``eps`` (any shape);
+    ``eps = 1e-3`` is the release's value (logits within about +-6.9)."""
     x = x.clamp(0.0, 1.0)
     return torch.log(x.clamp(min=eps) / (1.0 - x).clamp(min=eps))
 

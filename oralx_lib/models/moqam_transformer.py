@@ -263,26 +263,34 @@ class _DecoderLayer(nn.Module):
 
 
 class DeformableDecoder(nn.Module):
-    """Decoder with iterative box refinement and "look forward twice".
+    """Decoder with iterative box refinement and "look forward twice", as released (DINO).
 
-    Layer ``i`` takes content ``h_{i-1}`` and reference boxes ``r_{i-1}`` (detached) and computes
+    Layer ``i`` takes content ``h_{i-1}`` and a detached reference box ``r_{i-1}`` (``r_{-1}``:
+    the initial boxes) and computes
 
-    - ``pos = MLP(box_sine_embedding(r_{i-1}))`` (the positional query),
-    - ``h_i = FFN(cross_attn(self_attn(h_{i-1}, pos, mask), r_{i-1}))``,
-    - ``b_i = sigmoid(Delta_i(LN(h_i)) + sigmoid^{-1}(b_{i-1}))`` with ``b_{-1} = r_{-1}``,
-    - ``r_i = stopgrad(b_i)``.
+    - ``pos = MLP(box_sine_embedding(r_{i-1} * valid_ratio))`` (the positional query; the
+      reference scaled to the padded map, as the sampling locations are),
+    - ``h_i = FFN(cross_attn(self_attn(h_{i-1}, pos, mask), r_{i-1}))`` (un-normalised),
+    - the next reference from the un-normalised output:
+      ``n_i = sigmoid(Delta_i(h_i) + sigmoid^{-1}(r_{i-1}))``, ``r_i = stopgrad(n_i)``,
+    - the layer's prediction from the normalised output:
+      ``b_i = sigmoid(Delta_i(LN(h_i)) + sigmoid^{-1}(n_{i-1}))`` with ``n_{-1} = r_{-1}``.
 
-    ``b_i`` keeps the gradient path through ``b_{i-1}`` (look forward twice: layer ``i``'s loss
-    also trains layer ``i-1``'s box head), while the reference fed to the next layer is detached.
+    ``b_i`` keeps the gradient through ``n_{i-1}`` (look forward twice: layer ``i``'s loss also
+    trains layer ``i-1``'s box head and layer), and stops there: ``n_{i-1}`` is built on the
+    detached ``r_{i-2}``. With ``look_forward_twice=False`` ``n_{i-1}`` is detached too (Deformable
+    DETR's "look forward once"). ``sigmoid^{-1}`` clamps at ``eps = 1e-3``, the release's value.
 
     Args:
         num_layers, embed_dim, num_heads, num_levels, num_points, ffn_dim: sizes.
+        look_forward_twice: keep the gradient through the previous layer's box (True).
     """
 
     def __init__(self, *, num_layers: int, embed_dim: int, num_heads: int, num_levels: int,
-                 num_points: int, ffn_dim: int) -> None:
+                 num_points: int, ffn_dim: int, look_forward_twice: bool = True) -> None:
         super().__init__()
         self.embed_dim = embed_dim
+        self.look_forward_twice = look_forward_twice
         self.layers = nn.ModuleList(
             _DecoderLayer(embed_dim, num_heads, num_levels, num_points, ffn_dim)
             for _ in range(num_layers)
@@ -294,7 +302,7 @@ class DeformableDecoder(nn.Module):
             nn.init.zeros_(head.layers[-1].weight)
             nn.init.zeros_(head.layers[-1].bias)
 
-    def forward(self, tgt: Tensor, reference: Tensor, memory: Tensor, spatial_shapes: Tensor,
+    def forward(self, tgt: Tensor, reference: Tensor, memory: Tensor, spatial_shapes,
                 ratios: Tensor, memory_mask: Tensor, attn_mask: Tensor | None = None
                 ) -> tuple[list[Tensor], list[Tensor]]:
         """Run all layers.
@@ -303,22 +311,30 @@ class DeformableDecoder(nn.Module):
             tgt: ``(B, Q, C)`` content queries.
             reference: ``(B, Q, 4)`` initial boxes ``r_{-1}`` (normalised cxcywh, detached).
             memory: ``(B, S, C)``; memory_mask: ``(B, S)``; ratios: ``(B, L, 2)``.
+            spatial_shapes: ``(H_l, W_l)`` per level (pairs of ints, or an ``(L, 2)`` tensor).
             attn_mask: ``(Q, Q)`` bool, True where query ``i`` may *not* attend to ``j``.
 
         Returns:
-            ``(hidden, boxes)``: per layer ``LN(h_i)`` ``(B, Q, C)`` and ``b_i`` ``(B, Q, 4)``.
+            ``(hidden, boxes)``: per layer ``LN(h_i)`` ``(B, Q, C)`` and ``b_i`` ``(B, Q, 4)``
+            (float32).
         """
         hidden, boxes = [], []
-        previous = reference
         spatial_shapes = level_shapes(spatial_shapes)
         ratios4 = torch.cat([ratios, ratios], dim=-1)[:, None].float()  # (B, 1, L, 4)
-        for layer, box_head in zip(self.layers, self.box_heads):
-            ref = previous.detach()
-            query_pos = self.ref_point_head(box_sine_embedding(ref, self.embed_dim // 2))
-            tgt = layer(tgt, query_pos, ref[:, :, None] * ratios4, memory, spatial_shapes,
-                        memory_mask, attn_mask)
+        reference = reference.detach().float()
+        previous = reference  # n_{i-1}: the box b_i refines (with gradient after layer 0)
+        last = len(self.layers) - 1
+        for i, (layer, box_head) in enumerate(zip(self.layers, self.box_heads)):
+            ref_input = reference[:, :, None] * ratios4  # (B, Q, L, 4) on the padded maps
+            query_pos = self.ref_point_head(box_sine_embedding(ref_input[:, :, 0],
+                                                               self.embed_dim // 2))
+            tgt = layer(tgt, query_pos, ref_input, memory, spatial_shapes, memory_mask,
+                        attn_mask)
             out = self.norm(tgt)
-            previous = (box_head(out) + inverse_sigmoid(previous)).sigmoid()
+            anchor = previous if self.look_forward_twice else previous.detach()
+            boxes.append((box_head(out).float() + inverse_sigmoid(anchor)).sigmoid())
             hidden.append(out)
-            boxes.append(previous)
+            if i < last:
+                previous = (box_head(tgt).float() + inverse_sigmoid(reference)).sigmoid()
+                reference = previous.detach()
         return hidden, boxes
