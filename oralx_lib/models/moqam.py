@@ -41,7 +41,7 @@ from ..profiles import MOQAM_PROFILES
 from .moqam_denoising import denoising_attention_mask, denoising_queries, group_attention_mask
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, resnet_backbone
 from .moqam_branches import AuxSamples, CollaborativeBranches, build_collaborative_branches
-from .deformable_attention import small_tensor
+from .deformable_attention import MSDeformAttn, small_tensor
 from .moqam_losses import cxcywh_to_xyxy, hungarian_match_many, set_loss
 from .moqam_transformer import (
     MLP,
@@ -218,7 +218,10 @@ class MOQAM(nn.Module):
         num_queries: ``K`` queries selected from the encoder.
         dn_number, label_noise_ratio, box_noise_scale: contrastive denoising
             (:func:`denoising_queries`).
-        num_aux_queries: at most this many customized positive queries per image and branch.
+        num_aux_queries: at most this many customized positive queries per image and branch
+            (300).
+        min_aux_queries: at least this many customized queries per image and branch (9, the
+            release's): a batch with fewer positives is padded with the branch's negatives.
         loss_weights: ``{"cls", "bbox", "giou"}`` for the query-head losses (1, 5, 2).
         aux_query_weight: multiplies the customized-query losses (1 in the release).
         match_costs: ``{"cost_class", "cost_bbox", "cost_giou"}`` (2, 5, 2).
@@ -238,6 +241,7 @@ class MOQAM(nn.Module):
                  num_classes: int = 9, num_levels: int = 5, num_queries: int = 900,
                  dn_number: int = 100, label_noise_ratio: float = 0.5,
                  box_noise_scale: float = 1.0, num_aux_queries: int = 300,
+                 min_aux_queries: int = 9,
                  loss_weights: dict[str, float] | None = None, aux_query_weight: float = 1.0,
                  match_costs: dict[str, float] | None = None, qfl_beta: float = 2.0,
                  detections_per_img: int = 300, soft_nms: str | bool | None = "linear",
@@ -260,6 +264,7 @@ class MOQAM(nn.Module):
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
         self.num_aux_queries = num_aux_queries
+        self.min_aux_queries = min_aux_queries
         self.loss_weights = {"cls": 1.0, "bbox": 5.0, "giou": 2.0, **(loss_weights or {})}
         self.aux_query_weight = aux_query_weight
         self.match_costs = {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0,
@@ -294,11 +299,33 @@ class MOQAM(nn.Module):
         self.label_embed = nn.Embedding(num_classes, dim)
         if branches is not None:
             # one more stride-2 level for the collaborative branches, and the content of the
-            # customized queries: LN(Linear(sine embedding of the box))
+            # customized queries, one projection per branch as released:
+            # LN_g(Linear_g(sine embedding of the box)) for query group g (RoI head, ATSS)
             self.aux_downsample = nn.Sequential(nn.Conv2d(dim, dim, 3, stride=2, padding=1),
                                                 nn.GroupNorm(32, dim))
-            self.aux_query_fc = nn.Linear(2 * dim, dim)
-            self.aux_query_norm = nn.LayerNorm(dim)
+            groups = branches.num_query_groups
+            self.aux_query_fc = nn.ModuleList(nn.Linear(2 * dim, dim) for _ in range(groups))
+            self.aux_query_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(groups))
+        self._reset_transformer_parameters()
+
+    def _reset_transformer_parameters(self) -> None:
+        """The release's initialisation of the transformer: Xavier-uniform on every weight with
+        more than one dimension of the encoder, the decoder's layers and positional-query MLP,
+        the encoder-output projection and the customised-query projections; then deformable
+        attention's own initialisation (:meth:`MSDeformAttn.reset_parameters`). Biases keep
+        their defaults; the class and box heads keep theirs (prior bias, zero last layer), the
+        embeddings their N(0, 1)."""
+        parts: list[nn.Module] = [self.encoder, self.decoder.layers, self.decoder.ref_point_head,
+                                  self.enc_output]
+        if self.branches is not None:
+            parts += [self.aux_query_fc]
+        for part in parts:
+            for param in part.parameters():
+                if param.dim() > 1:
+                    nn.init.xavier_uniform_(param)
+        for module in self.modules():
+            if isinstance(module, MSDeformAttn):
+                module.reset_parameters()
 
     # ------------------------------------------------------------------ inputs
     def _check_inputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None):
@@ -512,13 +539,12 @@ class MOQAM(nn.Module):
                 self._record["rpn"] = self.branches.rpn_assignment(maps, image_list, targets)
         groups = [self._aux_group(index, s, sizes) for index, s in enumerate(samples)]
         active = [g for g in groups if g is not None]
-        # A group without positives keeps its keys, graph-connected to the query projection it
+        # A group without any sample keeps its keys, graph-connected to the query projection it
         # did not use (every parameter gets a gradient in every step: DDP needs it).
-        zero = memory.sum() * 0.0
-        if any(g is None for g in groups):
-            zero = zero + sum(p.sum() for p in self._aux_query_parameters()) * 0.0
         for g_index, g in enumerate(groups):
             if g is None:
+                zero = memory.sum() * 0.0 + sum(
+                    p.sum() for p in self._aux_query_parameters(g_index)) * 0.0
                 for i in range(len(self.decoder.layers)):
                     self._store(losses, f"aux{g_index}_d{i}",
                                 {"cls": zero, "bbox": zero, "giou": zero})
@@ -542,16 +568,19 @@ class MOQAM(nn.Module):
                 start += n
         return losses
 
-    def _aux_query_parameters(self) -> list[nn.Parameter]:
-        return [*self.aux_query_fc.parameters(), *self.aux_query_norm.parameters()]
+    def _aux_query_parameters(self, group: int) -> list[nn.Parameter]:
+        return [*self.aux_query_fc[group].parameters(), *self.aux_query_norm[group].parameters()]
 
     def _aux_group(self, index: int, samples: list[AuxSamples], sizes
                    ) -> dict[str, Any] | None:
         """Customized positive queries of one branch (``aux{index}``): up to
-        ``num_aux_queries`` positives per image (a random subset), padded to the batch's largest
-        count with the branch's negatives (random; background targets), then with empty slots
-        (left out of every loss). Reference box = the sample's box; content =
-        ``LN(Linear(box_sine_embedding(box)))``; targets = the GT each positive was assigned."""
+        ``num_aux_queries`` positives per image (a random subset); every image gets
+        ``n = max(min_aux_queries, min(num_aux_queries, the batch's largest positive count))``
+        queries, padded with the branch's negatives (random; background targets), then with
+        empty slots (left out of every loss) if the branch has fewer samples. Reference box =
+        the sample's box; content = ``LN_g(Linear_g(box_sine_embedding(box)))`` with the
+        branch's own projection; targets = the GT each positive was assigned. ``None`` when the
+        branch gave no sample at all."""
         picked = []
         for s in samples:
             pos = torch.nonzero(s.labels >= 0).flatten()
@@ -559,8 +588,9 @@ class MOQAM(nn.Module):
             if pos.numel() > self.num_aux_queries:
                 pos = pos[torch.randperm(pos.numel(), device=pos.device)[:self.num_aux_queries]]
             picked.append((pos, neg))
-        n = min(self.num_aux_queries, max((p.numel() for p, _ in picked), default=0))
-        if n == 0:
+        most = max((p.numel() for p, _ in picked), default=0)
+        n = max(self.min_aux_queries, min(self.num_aux_queries, most))
+        if max((p.numel() + q.numel() for p, q in picked), default=0) == 0:
             return None
         dim = self.embed_dim
         device = samples[0].boxes.device
@@ -583,7 +613,8 @@ class MOQAM(nn.Module):
             matches.append((ar, ar))
             num_pos += pos.numel()
         reference = reference.detach()
-        content = self.aux_query_norm(self.aux_query_fc(box_sine_embedding(reference, dim // 2)))
+        embedding = box_sine_embedding(reference, dim // 2)
+        content = self.aux_query_norm[index](self.aux_query_fc[index](embedding))
         content = content * valid[..., None].to(content.dtype)
         return {"index": index, "content": content, "reference": reference, "valid": valid,
                 "gt_labels": gt_labels, "gt_boxes": gt_boxes, "matches": matches,
@@ -626,7 +657,8 @@ _DEFAULTS: dict[str, Any] = dict(
     min_size=800, max_size=1333, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
     size_divisible=32, trainable_backbone_layers=None, freeze_batchnorm=None,
     encoder_checkpoint=False,
-    aux_branches=("rpn", "roi", "atss"), num_aux_queries=300, aux_query_weight=1.0,
+    aux_branches=("rpn", "roi", "atss"), num_aux_queries=300, min_aux_queries=9,
+    aux_query_weight=1.0,
     loss_weights=None, match_costs=None, qfl_beta=2.0, branch_options=None,
     detections_per_img=300, soft_nms="linear", soft_nms_iou_threshold=0.8, soft_nms_sigma=0.5,
     soft_nms_score_threshold=1e-3, pre_nms_topk=900,
@@ -642,8 +674,8 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
     ``ffn_dim`` 2048, ``dn_number`` 100, ``label_noise_ratio`` 0.5, ``box_noise_scale`` 1.0,
     ``min_size`` 800 (int or tuple for multi-scale training), ``max_size`` 1333,
     ``aux_branches`` ``("rpn", "roi", "atss")`` (any subset; ``()`` trains the query head
-    alone), ``num_aux_queries`` 300, ``aux_query_weight`` 1, ``loss_weights``
-    ``{"cls": 1, "bbox": 5, "giou": 2}``, ``match_costs``, ``qfl_beta`` 2, ``branch_options``
+    alone), ``num_aux_queries`` 300, ``min_aux_queries`` 9, ``aux_query_weight`` 1,
+    ``loss_weights`` ``{"cls": 1, "bbox": 5, "giou": 2}``, ``match_costs``, ``qfl_beta`` 2, ``branch_options``
     (a dict for :func:`build_collaborative_branches`: loss weights, DI-RPN settings, ...),
     ``detections_per_img`` 300, ``soft_nms`` ``"linear"`` (or ``"gaussian"``, ``None``),
     ``soft_nms_iou_threshold`` 0.8, ``soft_nms_sigma`` 0.5, ``soft_nms_score_threshold`` 1e-3,
@@ -710,6 +742,7 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
         label_noise_ratio=cfg["label_noise_ratio"],
         box_noise_scale=cfg["box_noise_scale"],
         num_aux_queries=cfg["num_aux_queries"],
+        min_aux_queries=cfg["min_aux_queries"],
         loss_weights=cfg["loss_weights"],
         aux_query_weight=cfg["aux_query_weight"],
         match_costs=cfg["match_costs"],
