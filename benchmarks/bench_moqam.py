@@ -177,12 +177,17 @@ def memory_estimate(profile_name: str, batch: int, scales: list[float]) -> dict:
     RAM) they are counted at each and extrapolated linearly in the pixel count (the backbone,
     encoder and branch activations grow with the pixels; the query part is constant).
     """
-    cfg = dict(MOQAM_PROFILES[profile_name])
+    from oralx_lib.engine import make_config
+
+    config = make_config(profile_name, model="moqam")
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model_overrides.items()}
     torch.manual_seed(0)
-    model = build_model("moqam", **cfg)
-    # OralXrays-9 images are reported as 1991 x 1127; the model's transform resizes them
+    model = build_model("moqam", backbone=config.backbone, **cfg)
+    # OralXrays-9 images are reported as 1991 x 1127; the model's transform resizes them, here
+    # to the largest training size of the profile
     images, targets = synthetic_batch(batch, 1991, 1127, "cpu")
-    min_size, max_size = cfg.get("min_size", 800), cfg.get("max_size", 1333)
+    min_size = max(model.transform.min_size)
+    max_size = model.transform.max_size
 
     def input_size(factor: float) -> tuple[int, int]:
         scale = min(min_size * factor / 1127, max_size * factor / 1991)

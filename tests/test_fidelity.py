@@ -308,3 +308,44 @@ def test_at_least_nine_customised_queries_per_image_padded_with_negatives():
     losses = model.train()(images, empty)
     assert len(groups) == 2 and all(g["content"].shape[1] == 9 for g in groups)
     assert all(losses[f"loss_cls_aux{g}_d0"] > 0 for g in (0, 1))  # negatives are trained
+
+
+# ---------------------------------------------------------------------- profiles
+def test_colab_profile_is_the_released_model_at_smaller_sizes():
+    from oralx_lib.engine import make_config
+    from oralx_lib.engine.inference import build_from_config
+
+    colab = make_config("colab", model="moqam", pretrained_backbone=False)
+    full = make_config("full", model="moqam", pretrained_backbone=False)
+    a, b = build_from_config(colab), build_from_config(full)
+    for model in (a, b):
+        assert model.num_queries == 900 and model.num_aux_queries == 300
+        assert model.min_aux_queries == 9 and model.dn_number == 100
+        assert len(model.encoder.layers) == 6 and len(model.decoder.layers) == 6
+        assert model.decoder.layers[0].ffn.linear1.out_features == 2048
+        assert model.encoder.layers[0].self_attn.num_heads == 8
+        assert model.soft_nms == "linear" and model.pre_nms_topk == 900
+    # the same architecture: the same parameters, shape for shape
+    assert {k: v.shape for k, v in a.state_dict().items()} == \
+        {k: v.shape for k, v in b.state_dict().items()}
+    assert max(a.transform.min_size) == 640 and a.transform.max_size == 1066
+    assert b.transform.min_size[-1] == 800 and b.transform.max_size == 1333
+    assert a.encoder.checkpointed_layers == 6 and b.encoder.checkpointed_layers == 4
+    assert colab.amp == "auto" and colab.eval_release_protocol and full.eval_release_protocol
+
+
+def test_recomputing_some_encoder_layers_gives_the_same_gradients():
+    model = tiny_model(aux_branches=(), dn_number=0, num_encoder_layers=3).train()
+    images, targets = sample_batch()
+
+    def step(checkpoint):
+        model.encoder.checkpoint = checkpoint
+        model.zero_grad()
+        torch.manual_seed(0)
+        sum(model(images, targets).values()).backward()
+        return [p.grad.clone() for p in model.encoder.parameters()]
+
+    plain, two = step(False), step(2)
+    assert model.encoder.checkpointed_layers == 2
+    for g_plain, g_two in zip(plain, two):
+        torch.testing.assert_close(g_two, g_plain)

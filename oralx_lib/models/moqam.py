@@ -682,8 +682,8 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
     ``pre_nms_topk`` 900, ``trainable_backbone_layers`` and ``freeze_batchnorm`` (default: the
     freezing rule of :func:`oralx_lib.models.backbones.freeze_rule`: with ImageNet weights the
     release's ``layer2..layer4`` train over frozen BatchNorm; from scratch everything trains),
-    ``encoder_checkpoint`` False
-    (recompute encoder layers in backward: less memory for one more encoder forward).
+    ``encoder_checkpoint`` False (recompute encoder layers in backward: less memory for one
+    more forward of them; ``True`` = every layer, a number = the first ones; the release: 4).
 
     Example::
 

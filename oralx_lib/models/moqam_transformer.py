@@ -211,7 +211,7 @@ class DeformableEncoder(nn.Module):
     """
 
     def __init__(self, *, num_layers: int, embed_dim: int, num_heads: int, num_levels: int,
-                 num_points: int, ffn_dim: int, checkpoint: bool = False) -> None:
+                 num_points: int, ffn_dim: int, checkpoint: bool | int = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             _EncoderLayer(embed_dim, num_heads, num_levels, num_points, ffn_dim)
@@ -219,19 +219,29 @@ class DeformableEncoder(nn.Module):
         )
         self.checkpoint = checkpoint
 
+    @property
+    def checkpointed_layers(self) -> int:
+        """How many layers (the first ones) are recomputed in backward: ``checkpoint`` as a
+        count, ``True`` = all, ``False`` = none (the release recomputes 4 of 6)."""
+        if self.checkpoint is True:
+            return len(self.layers)
+        return min(int(self.checkpoint or 0), len(self.layers))
+
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Tensor, ratios: Tensor,
                 padding_mask: Tensor) -> Tensor:
         """``src``, ``pos``: ``(B, S, C)``; ``ratios``: ``(B, L, 2)``; ``padding_mask``:
         ``(B, S)``. Returns the memory ``(B, S, C)``.
 
-        With ``checkpoint=True`` each layer is recomputed during backward instead of keeping
-        its activations (``torch.utils.checkpoint``): the sampled values of the stride-4 level
-        dominate training memory, and this trades about one extra encoder forward for them.
+        With ``checkpoint`` (``True`` or a number of layers) those layers are recomputed during
+        backward instead of keeping their activations (``torch.utils.checkpoint``): the sampled
+        values of the stride-4 level dominate training memory, and this trades about one extra
+        forward of those layers for them.
         """
         spatial_shapes = level_shapes(spatial_shapes)
         reference_points = encoder_reference_points(spatial_shapes, ratios)  # float32
-        for layer in self.layers:
-            if self.checkpoint and self.training and torch.is_grad_enabled():
+        recompute = self.checkpointed_layers if self.training and torch.is_grad_enabled() else 0
+        for i, layer in enumerate(self.layers):
+            if i < recompute:
                 src = torch.utils.checkpoint.checkpoint(
                     layer, src, pos, reference_points, spatial_shapes, padding_mask,
                     use_reentrant=False,
