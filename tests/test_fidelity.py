@@ -349,3 +349,16 @@ def test_recomputing_some_encoder_layers_gives_the_same_gradients():
     assert model.encoder.checkpointed_layers == 2
     for g_plain, g_two in zip(plain, two):
         torch.testing.assert_close(g_two, g_plain)
+
+
+def test_padding_to_a_multiple_of_one_as_released():
+    model = tiny_model(aux_branches=("rpn", "roi", "atss"), size_divisible=1)
+    assert build_moqam(**MOQAM_PROFILES["full"]).transform.size_divisible == 1
+    images = [torch.rand(3, 125, 203), torch.rand(3, 117, 190)]  # odd sizes
+    targets = [{"boxes": torch.tensor([[10.0, 12, 60, 70]]), "labels": torch.tensor([3])},
+               {"boxes": torch.tensor([[30.0, 20, 90, 100]]), "labels": torch.tensor([5])}]
+    losses = model.train()(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        out = model.eval()(images)
+    assert out[0]["boxes"].shape[-1] == 4

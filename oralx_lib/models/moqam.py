@@ -655,7 +655,7 @@ _DEFAULTS: dict[str, Any] = dict(
     embed_dim=256, num_queries=900, num_encoder_layers=6, num_decoder_layers=6, num_heads=8,
     num_points=4, ffn_dim=2048, dn_number=100, label_noise_ratio=0.5, box_noise_scale=1.0,
     min_size=800, max_size=1333, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-    size_divisible=32, trainable_backbone_layers=None, freeze_batchnorm=None,
+    size_divisible=1, trainable_backbone_layers=None, freeze_batchnorm=None,
     encoder_checkpoint=False,
     aux_branches=("rpn", "roi", "atss"), num_aux_queries=300, min_aux_queries=9,
     aux_query_weight=1.0,
@@ -675,8 +675,10 @@ def build_moqam(num_classes: int = 9, backbone: str = "resnet50",
     ``min_size`` 800 (int or tuple for multi-scale training), ``max_size`` 1333,
     ``aux_branches`` ``("rpn", "roi", "atss")`` (any subset; ``()`` trains the query head
     alone), ``num_aux_queries`` 300, ``min_aux_queries`` 9, ``aux_query_weight`` 1,
-    ``loss_weights`` ``{"cls": 1, "bbox": 5, "giou": 2}``, ``match_costs``, ``qfl_beta`` 2, ``branch_options``
-    (a dict for :func:`build_collaborative_branches`: loss weights, DI-RPN settings, ...),
+    ``loss_weights`` ``{"cls": 1, "bbox": 5, "giou": 2}``, ``match_costs``, ``qfl_beta`` 2,
+    ``branch_options`` (a dict for :func:`build_collaborative_branches`: loss weights, DI-RPN
+    settings, ...), ``size_divisible`` 1 (the batch is padded to its largest image only, as
+    released; anchors sit on their strides whatever the padded size),
     ``detections_per_img`` 300, ``soft_nms`` ``"linear"`` (or ``"gaussian"``, ``None``),
     ``soft_nms_iou_threshold`` 0.8, ``soft_nms_sigma`` 0.5, ``soft_nms_score_threshold`` 1e-3,
     ``pre_nms_topk`` 900, ``trainable_backbone_layers`` and ``freeze_batchnorm`` (default: the
