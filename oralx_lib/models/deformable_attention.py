@@ -97,16 +97,17 @@ def _sample_and_weight(value: Tensor, spatial_shapes, sampling_locations: Tensor
     value_levels = value.split([h * w for h, w in shapes], dim=1)
     # grid_sample's grid is in [-1, 1]; align_corners=False puts pixel centres at half-integers.
     grids = 2.0 * sampling_locations - 1.0
-    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels, points)
-    out = None
+    samples = []
     for level, (h, w) in enumerate(shapes):
         # (B, H*W, M, D) -> (B*M, D, H, W)
         v = value_levels[level].flatten(2).transpose(1, 2).reshape(batch * heads, channels, h, w)
         # (B, Q, M, P, 2) -> (B*M, Q, P, 2)
         g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-        term = (sampled * weights[:, :, :, level]).sum(-1)  # (B*M, D, Q, P) -> (B*M, D, Q)
-        out = term if out is None else out + term
+        samples.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))  # (B*M, D, Q, P)
+    # one weighted sum over the L * P samples of every head: (B*M, D, Q, L*P) . (B*M, 1, Q, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)  # (B*M, D, Q)
     return out.view(batch, heads * channels, queries).transpose(1, 2).contiguous()
 
 
