@@ -6,18 +6,21 @@ Training graph (``B`` images; ``C = embed_dim``; ``K = num_queries``):
    True outside each image.
 2. A ResNet gives ``C2..C5``; a channel mapper (1x1 conv + GroupNorm per level, plus a stride-2
    3x3 conv + GroupNorm on ``C5``) gives 5 maps of ``C`` channels at strides 4..64.
-3. The deformable encoder mixes the flattened maps (``S`` tokens) with sine positions plus level
-   embeddings.
+3. The deformable encoder mixes the flattened maps (``S`` tokens) with sine positions
+   (temperature 20, offset 0, as released) plus level embeddings.
 4. Two-stage query selection: every token proposes a box (:func:`encoder_proposals`), scored by
    a class head; the top ``K`` become the decoder's reference boxes (detached) while the content
    queries are learned embeddings (mixed query selection).
 5. The decoder refines the boxes layer by layer. In training it also receives the contrastive
    denoising queries, and - in a second pass - the *customized positive queries* built from the
    positive samples of the collaborative branches (RPN + RoI head with DI-RPN and CB-SCR, ATSS),
-   which run on the encoder's memory reshaped back into maps plus one stride-2 level.
+   which run on the encoder's memory reshaped back into maps plus one stride-2 level; each
+   branch has its own content projection, and contributes 9 to 300 queries per image.
 6. Losses: quality focal + L1 + GIoU on the encoder's top ``K`` and on every decoder layer
-   (Hungarian matching), on the denoising queries and on the customized queries (fixed
-   assignment), plus each branch's own losses.
+   (Hungarian matching, all of it in one host transfer), on the denoising queries and on the
+   customized queries (fixed assignment), plus each branch's own losses. Whatever the batch
+   holds (images without boxes, a branch without positives), every parameter receives a
+   gradient, so that multi-GPU training needs no ``find_unused_parameters``.
 
 At inference only the query head runs: the top ``pre_nms_topk`` (900) (query, class) pairs by
 sigmoid score, linear soft-NMS per class (IoU threshold 0.8, minimum score 1e-3), at most
