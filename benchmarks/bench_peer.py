@@ -21,6 +21,10 @@ Hungarian matching and a loss on the encoder proposals and every decoder layer.
   with_box_refine=True, num_feature_levels=5, backbone_config=ResNetConfig(out_features=
   ["stage1", ..., "stage4"]), auxiliary_loss=True, dropout=0, ...))``.
 
+The peer's backbone trains the same parameters as ours (ResNet ``layer2..layer4``): transformers
+intends that, but with a ResNet configuration its name test misses and it freezes the whole
+backbone, which would spare it the backbone's backward pass.
+
 Every repetition times one training step (forward, loss, backward, AdamW step) of each model
 in turn on the same batch, then one inference pass of each, so that the machine's load drifts
 alike for all; the ratios (ours / peer, per repetition, and their median) are what to read,
@@ -65,7 +69,14 @@ def peer_model(queries: int, num_classes: int):
         encoder_ffn_dim=2048, decoder_ffn_dim=2048, dropout=0.0, attention_dropout=0.0,
         activation_dropout=0.0, auxiliary_loss=True, disable_custom_kernels=True,
     )
-    return DeformableDetrForObjectDetection(config)
+    model = DeformableDetrForObjectDetection(config)
+    # transformers means to train the ResNet's stages 1..3 (layer2..layer4) and freeze the
+    # stem and stage 0, as the release and our library do, but it tests the parameter names
+    # for "stage.1" where the AutoBackbone ResNet names them "stages.1": the whole backbone
+    # ends up frozen (transformers 5.24). Train the same stages as ours, for a fair comparison.
+    for name, param in model.model.backbone.named_parameters():
+        param.requires_grad_(any(f"stages.{i}." in name for i in (1, 2, 3)))
+    return model
 
 
 def our_models(queries: int, width: int, height: int):
