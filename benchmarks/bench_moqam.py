@@ -177,12 +177,17 @@ def memory_estimate(profile_name: str, batch: int, scales: list[float]) -> dict:
     RAM) they are counted at each and extrapolated linearly in the pixel count (the backbone,
     encoder and branch activations grow with the pixels; the query part is constant).
     """
-    cfg = dict(MOQAM_PROFILES[profile_name])
+    from oralx_lib.engine import make_config
+
+    config = make_config(profile_name, model="moqam")
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model_overrides.items()}
     torch.manual_seed(0)
-    model = build_model("moqam", **cfg)
-    # OralXrays-9 images are reported as 1991 x 1127; the model's transform resizes them
+    model = build_model("moqam", backbone=config.backbone, **cfg)
+    # OralXrays-9 images are reported as 1991 x 1127; the model's transform resizes them, here
+    # to the largest training size of the profile
     images, targets = synthetic_batch(batch, 1991, 1127, "cpu")
-    min_size, max_size = cfg.get("min_size", 800), cfg.get("max_size", 1333)
+    min_size = max(model.transform.min_size)
+    max_size = model.transform.max_size
 
     def input_size(factor: float) -> tuple[int, int]:
         scale = min(min_size * factor / 1127, max_size * factor / 1991)
@@ -190,18 +195,24 @@ def memory_estimate(profile_name: str, batch: int, scales: list[float]) -> dict:
 
     start = time.perf_counter()
     points = []
+    recomputed = model.encoder.checkpointed_layers
     for factor in tqdm(scales, desc="memory (fp32 + AMP) per scale"):
         model.transform.min_size = (round(min_size * factor),)
         model.transform.max_size = round(max_size * factor)
         w, h = input_size(factor)
         fp32 = saved_activation_bytes(model, images, targets)
         amp = saved_activation_bytes(model, images, targets, low_precision=True)
-        points.append((w * h, fp32, amp))
+        stored = fp32
+        if recomputed:  # fp32 with every encoder layer stored: what one layer keeps
+            checkpoint, model.encoder.checkpoint = model.encoder.checkpoint, False
+            stored = saved_activation_bytes(model, images, targets)
+            model.encoder.checkpoint = checkpoint
+        points.append((w * h, fp32, amp, (stored - fp32) / max(recomputed, 1)))
     elapsed = time.perf_counter() - start
     width, height = input_size(1.0)
     target = width * height
     if len(points) == 1:
-        saved, saved_amp = points[0][1], points[0][2]
+        saved, saved_amp, layer = points[0][1], points[0][2], points[0][3]
     else:
         xs = torch.tensor([p[0] for p in points], dtype=torch.float64)
         design = torch.stack([torch.ones_like(xs), xs], 1)
@@ -212,24 +223,33 @@ def memory_estimate(profile_name: str, batch: int, scales: list[float]) -> dict:
 
         saved = extrapolate([p[1] for p in points])
         saved_amp = extrapolate([p[2] for p in points])
+        layer = extrapolate([p[3] for p in points])
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # fp32 weights (4 B) + gradients (4 B) + AdamW moments (8 B) for trainable parameters
     state = 4 * n_params + 12 * n_train
     gib = 1024 ** 3
+    # while one recomputed encoder layer runs its backward, its activations exist once more
+    layer_amp = layer * (saved_amp / saved if saved else 1.0)
     return {
         "profile": profile_name, "batch": batch, "input": f"{width}x{height}",
         "params_M": n_params / 1e6, "saved_activations_GiB": saved / gib,
         "saved_activations_amp_GiB": saved_amp / gib,
-        "estimate_fp32_GiB": (state + saved) / gib, "estimate_amp_GiB": (state + saved_amp) / gib,
-        "measured": [{"pixels": p[0], "fp32_GiB": p[1] / gib, "amp_GiB": p[2] / gib}
-                     for p in points],
+        "encoder_layers_recomputed": recomputed,
+        "one_encoder_layer_GiB": layer / gib,
+        "estimate_fp32_GiB": (state + saved + layer) / gib,
+        "estimate_amp_GiB": (state + saved_amp + layer_amp) / gib,
+        "measured": [{"pixels": p[0], "fp32_GiB": p[1] / gib, "amp_GiB": p[2] / gib,
+                      "one_encoder_layer_fp32_GiB": p[3] / gib} for p in points],
         "seconds_cpu": elapsed,
         "method": "bytes of tensors saved for backward (saved_tensors_hooks, one count per "
                   "storage), fp32 and under CPU bfloat16 autocast (as a stand-in for CUDA "
                   "float16 AMP), measured at the given scales and extrapolated linearly in "
-                  "pixels, + 16 B per trainable and 4 B per frozen parameter. Excludes "
-                  "allocator fragmentation and transient workspaces (add ~20-30%).",
+                  "pixels, + 16 B per trainable and 4 B per frozen parameter, + the "
+                  "activations of one recomputed encoder layer (fp32 count with the layers "
+                  "stored minus recomputed, per layer; scaled by the AMP/fp32 ratio). "
+                  "Excludes allocator fragmentation and transient workspaces (add ~20-30%). "
+                  "An estimate made on a CPU, not a GPU measurement.",
     }
 
 

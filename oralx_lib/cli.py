@@ -41,7 +41,7 @@ TRAIN_EXAMPLES = f"""examples:
 EVALUATE_EXAMPLES = f"""examples:
   {PROG} evaluate --checkpoint runs/demo/best.pt --split val --out runs/demo/val.json
   {PROG} evaluate --checkpoint runs/moqam/best.pt --data data/OralXrays-9 --split test \\
-      --out runs/moqam/test.json --max-dets 1000
+      --out runs/moqam/test.json --release-protocol
 """
 
 PREDICT_EXAMPLES = f"""examples:
@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--out", required=True, help="JSON file for the metrics")
     p.add_argument("--max-dets", type=int, default=100,
-                   help="detections per image (the release reports 1000)")
+                   help="COCO's maxDets: detections per image, every AP read at it (100)")
+    p.add_argument("--release-protocol", action="store_true",
+                   help="also report the release's numbers: 300 detections per image, "
+                        "maxDets [100, 300, 1000] (AP at 100, AP50/AP75/APs/m/l at 1000)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--detections", help="also write the COCO detections to this JSON file")
@@ -246,7 +249,8 @@ def cmd_evaluate(args) -> int:
     dataset.check_images(progress=not args.no_progress)
     metrics, detections = evaluate_model(model, dataset, batch_size=args.batch_size,
                                          device=device, progress=not args.no_progress,
-                                         max_dets=args.max_dets)
+                                         max_dets=args.max_dets,
+                                         release=args.release_protocol)
     report = {"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split,
               "max_dets": args.max_dets, "metrics": metrics}
     out = Path(args.out)
@@ -255,8 +259,14 @@ def cmd_evaluate(args) -> int:
     if args.detections:
         Path(args.detections).parent.mkdir(parents=True, exist_ok=True)
         Path(args.detections).write_text(json.dumps(detections))
-    print(f"{args.split}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
-          f"AP75 {metrics['AP75']:.4f}  AR{args.max_dets} {metrics[f'AR{args.max_dets}']:.4f}")
+    print(f"{args.split} (COCO, maxDets {args.max_dets}): AP {metrics['AP']:.4f}  "
+          f"AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  "
+          f"AR{args.max_dets} {metrics[f'AR{args.max_dets}']:.4f}")
+    if "release" in metrics:
+        r = metrics["release"]
+        print(f"{args.split} (release: 300 per image; AP at maxDets 100, the rest at 1000): "
+              f"AP {r['AP']:.4f}  AP50 {r['AP50']:.4f}  AP75 {r['AP75']:.4f}  "
+              f"AR1000 {r['AR1000']:.4f}")
     for name, ap in metrics["per_class_AP"].items():
         print(f"  {name:<20} " + ("no ground truth" if ap is None else f"AP {ap:.4f}"))
     print(f"metrics -> {out}")

@@ -19,8 +19,16 @@ interpolated precision ``p_interp(r) = max_{r' >= r} p(r')``, and
 
 The summary numbers are computed here from ``COCOeval.eval["precision"]`` (shape
 ``(T=10, R=101, K, A=4, M)``) and ``["recall"]`` (shape ``(T, K, A, M)``) rather than with
-``COCOeval.summarize()``, whose first line hard-codes ``maxDets=100``: the release evaluates with
-up to 1000 detections per image. On the default setting both give the same numbers.
+``COCOeval.summarize()``, whose first line hard-codes ``maxDets=100``. On COCO's default setting
+both give the same numbers.
+
+**Which maxDets each number uses.** :func:`evaluate_coco` reads every AP and ``ARs/m/l`` at one
+``maxDets = max_dets`` (100: COCO's standard), ``AR1``/``AR10``/``AR{max_dets}`` at theirs.
+COCOeval applies ``maxDets`` per image *and class*; the engine therefore passes at most
+``max_dets`` detections per image (COCO's rule of 100 per image). The release evaluates
+differently (:func:`release_metrics`): it passes the model's 300 detections per image and sets
+``maxDets = [100, 300, 1000]``, and ``COCOeval.summarize()`` then reads the headline AP at 100
+(per image and class, so in effect all 300) but AP50, AP75 and APs/m/l at 1000.
 """
 
 from __future__ import annotations
@@ -123,7 +131,17 @@ def _results_coco(coco_gt: COCO, detections: list[dict]) -> COCO:
     return empty
 
 
-def _max_dets_list(max_dets: int) -> list[int]:
+#: The release's evaluation: COCOeval's maxDets, and the detections per image its model passes.
+RELEASE_MAX_DETS: tuple[int, int, int] = (100, 300, 1000)
+RELEASE_DETECTIONS_PER_IMAGE = 300
+
+
+def _max_dets_list(max_dets: int | Sequence[int]) -> list[int]:
+    if not isinstance(max_dets, int):
+        values = [int(m) for m in max_dets]
+        if not values or min(values) < 1 or values != sorted(values):
+            raise EvaluationError(f"max_dets={max_dets}: give increasing positive counts")
+        return values
     if int(max_dets) < 1:
         raise EvaluationError(f"max_dets={max_dets}: it must be a positive number of boxes")
     return sorted({1, 10, int(max_dets)})
@@ -132,13 +150,14 @@ def _max_dets_list(max_dets: int) -> list[int]:
 def run_cocoeval(
     gt: str | Path | COCO,
     detections: Iterable[Mapping],
-    max_dets: int = 100,
+    max_dets: int | Sequence[int] = 100,
     *,
     img_ids: Sequence[int] | None = None,
 ) -> COCOeval:
     """pycocotools' ``COCOeval`` on ``bbox``, evaluated and accumulated, without its prints.
 
-    ``params.maxDets`` is ``[1, 10, max_dets]``; ``img_ids`` restricts the evaluation to those
+    ``params.maxDets`` is ``[1, 10, max_dets]`` (or the increasing list ``max_dets``, e.g. the
+    release's ``[100, 300, 1000]``); ``img_ids`` restricts the evaluation to those
     images (e.g. a subset used for a fast run). Empty ``detections`` are fine (precision 0
     wherever there is ground truth).
     """
@@ -260,8 +279,10 @@ def evaluate_coco(
         gt: a COCO JSON path or a pycocotools ``COCO``.
         detections: COCO result dicts ``{"image_id", "category_id", "bbox" [x, y, w, h],
             "score"}`` in the ground truth's category ids. Empty gives zeros, not an error.
-        max_dets: detections kept per image (``params.maxDets = [1, 10, max_dets]``; the
-            release reports 1000).
+        max_dets: ``params.maxDets = [1, 10, max_dets]``; every AP and ``ARs/m/l`` is read at
+            ``max_dets`` (COCO's 100). COCOeval applies it per image and class: pass at most
+            ``max_dets`` detections per image (:func:`top_per_image`) for COCO's rule. The
+            release's protocol is :func:`release_metrics`.
         img_ids: evaluate on these images only (default: every image of ``gt``).
 
     Returns:
@@ -271,6 +292,58 @@ def evaluate_coco(
     """
     detections = list(detections)
     stats = summarize_cocoeval(run_cocoeval(gt, detections, max_dets, img_ids=img_ids))
+    stats["num_detections"] = len(detections)
+    return stats
+
+
+def top_per_image(detections: Iterable[Mapping], k: int) -> list[dict]:
+    """The ``k`` best-scored detections of every image (COCO's rule: at most 100 per image)."""
+    by_image: dict[int, list[dict]] = {}
+    for d in detections:
+        by_image.setdefault(int(d["image_id"]), []).append(dict(d))
+    out: list[dict] = []
+    for dets in by_image.values():
+        out += sorted(dets, key=lambda d: -float(d["score"]))[:k]
+    return out
+
+
+def release_metrics(
+    gt: str | Path | COCO,
+    detections: Iterable[Mapping],
+    *,
+    img_ids: Sequence[int] | None = None,
+) -> dict:
+    """The numbers the release reports: pycocotools' ``summarize()`` with ``params.maxDets =
+    [100, 300, 1000]`` on the model's detections (300 per image in the release).
+
+    Returns:
+        ``{"AP" (maxDets 100), "AP50", "AP75", "APs", "APm", "APl" (maxDets 1000), "AR100",
+        "AR300", "AR1000", "ARs", "ARm", "ARl" (1000), "max_dets": {name: the maxDets it
+        uses}, "num_detections"}``. pycocotools applies maxDets per image and class: with 300
+        detections per image, 100 rarely binds and 1000 never does.
+    """
+    detections = list(detections)
+    coco_eval = run_cocoeval(gt, detections, list(RELEASE_MAX_DETS), img_ids=img_ids)
+    at = {m: i for i, m in enumerate(coco_eval.params.maxDets)}
+    precision, recall = coco_eval.eval["precision"], coco_eval.eval["recall"]
+    area = {label: i for i, label in enumerate(coco_eval.params.areaRngLbl)}
+    t50, t75 = _iou_index(coco_eval, 0.5), _iou_index(coco_eval, 0.75)
+    a_all, last = area["all"], at[1000]
+    stats = {
+        "AP": _mean_valid(precision[:, :, :, a_all, at[100]]),
+        "AP50": _mean_valid(precision[t50, :, :, a_all, last]),
+        "AP75": _mean_valid(precision[t75, :, :, a_all, last]),
+        "APs": _mean_valid(precision[:, :, :, area["small"], last]),
+        "APm": _mean_valid(precision[:, :, :, area["medium"], last]),
+        "APl": _mean_valid(precision[:, :, :, area["large"], last]),
+    }
+    for m in RELEASE_MAX_DETS:
+        stats[f"AR{m}"] = _mean_valid(recall[:, :, a_all, at[m]])
+    for size in ("small", "medium", "large"):
+        stats[f"AR{size[0]}"] = _mean_valid(recall[:, :, area[size], last])
+    stats["max_dets"] = {"AP": 100, "AP50": 1000, "AP75": 1000, "APs": 1000, "APm": 1000,
+                         "APl": 1000, "AR100": 100, "AR300": 300, "AR1000": 1000, "ARs": 1000,
+                         "ARm": 1000, "ARl": 1000}
     stats["num_detections"] = len(detections)
     return stats
 
@@ -486,6 +559,8 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str] = CONFUSION_NAMES, *
 __all__ = [
     "CONFUSION_NAMES",
     "EvaluationError",
+    "RELEASE_DETECTIONS_PER_IMAGE",
+    "RELEASE_MAX_DETS",
     "class_index",
     "confusion_matrix",
     "evaluate_coco",
@@ -493,6 +568,8 @@ __all__ = [
     "plot_confusion",
     "plot_pr_curves",
     "pr_curves",
+    "release_metrics",
     "run_cocoeval",
     "summarize_cocoeval",
+    "top_per_image",
 ]

@@ -116,6 +116,8 @@ ENGINE_PROFILES: dict[str, dict[str, Any]] = {
         "eval_every": 1,
         "eval_batch_size": 2,
         "eval_max_dets": 100,
+        # COCO numbers at 100 detections per image, and the release's next to them
+        "eval_release_protocol": True,
         "log_every": 20,
     },
 }
@@ -136,8 +138,9 @@ ENGINE_PROFILES["release_scale"] = {
 }
 ENGINE_PROFILES["colab"] = {
     **ENGINE_PROFILES["full"],
-    # One 16 GB T4 with AMP: smaller multi-scale training (short side 480..640, long side
-    # <= 1066), tested at 640; frequent checkpoints because Colab sessions end without notice.
+    # One 16 GB T4: the released model at smaller sizes (multi-scale training with short side
+    # 480..640, long side <= 1066, tested at 640), fp16 AMP ("auto" picks fp16 on a T4, which
+    # has no bf16); frequent checkpoints because Colab sessions end without notice.
     "model_overrides": {"min_size": list(range(480, 641, 32)), "max_size": 1066},
     "workers": 2,
     "checkpoint_every": 500,
@@ -192,15 +195,17 @@ RELEASE_SCALE_FACTOR: float = input_scale(1024, 580, *RELEASED_TEST_SCALE)
 #:
 #: - ``tiny``: CPU minutes (resnet18, 128-d, 2 + 2 layers, 100 queries, short side 256,
 #:   lighter RPN / RoI sampling and a 256-d RoI head).
-#: - ``colab``: a 16 GB T4 with AMP: resnet50 and the released 256-d, 6 + 6 layer, 8-head
-#:   transformer with 300 queries, FFN 1024, panoramas resized to 1066 x 603, encoder layers
-#:   recomputed in backward. Memory estimated on CPU by ``benchmarks/bench_moqam.py --memory
-#:   colab`` (bytes autograd saves for backward, measured at 0.4 and 0.6 of the size and
-#:   extrapolated linearly in pixels): ~2.2 GiB saved activations + 0.9 GiB weights, gradients
-#:   and AdamW state, plus ~2 GiB for the encoder layer being recomputed: ~5-6 GiB with
-#:   allocator overhead. Without the recomputation the saved activations alone measured
-#:   12.1 GiB (fp32, counted directly at 1066 x 603), too close to 16 GB.
-#: - ``full``: the release (resnet50, 900 queries, 6 + 6 layers, FFN 2048, 800 x 1333).
+#: - ``colab``: **the released model** (resnet50, 256-d, 6 + 6 layers, 8 heads, 900 queries,
+#:   FFN 2048, 300 customised queries per branch, every branch) for one 16 GB T4: smaller
+#:   images (short side 480..640 in training, 640 x <= 1066 at test, from the engine profile),
+#:   fp16 AMP (a T4 has no bf16) and all 6 encoder layers recomputed in backward (the release
+#:   recomputes 4). Memory: estimated on CPU only, by ``benchmarks/bench_moqam.py --memory
+#:   colab`` (bytes autograd saves for backward, counted at reduced sizes and extrapolated in
+#:   pixels, + weights, gradients and AdamW state); the estimate and its command are in
+#:   ``benchmarks/results/moqam_colab_memory_estimate.json``. Not yet measured on a GPU:
+#:   ``benchmarks/gpu_check.py`` measures it.
+#: - ``full``: the release (resnet50, 900 queries, 6 + 6 layers, FFN 2048, 800 x 1333, 4 of the
+#:   6 encoder layers recomputed in backward, as released).
 MOQAM_PROFILES: dict[str, dict[str, Any]] = {
     "tiny": dict(backbone="resnet18", embed_dim=128, num_heads=4, num_points=4, ffn_dim=512,
                  num_encoder_layers=2, num_decoder_layers=2, num_queries=100, dn_number=30,
@@ -208,10 +213,9 @@ MOQAM_PROFILES: dict[str, dict[str, Any]] = {
                  branch_options=dict(rpn_pre_nms_top_n_train=1000, rpn_pre_nms_top_n_test=1000,
                                      rpn_post_nms_top_n_train=300, rpn_post_nms_top_n_test=300,
                                      box_batch_size_per_image=128, representation_size=256)),
-    "colab": dict(backbone="resnet50", embed_dim=256, num_heads=8, num_points=4, ffn_dim=1024,
-                  num_encoder_layers=6, num_decoder_layers=6, num_queries=300, dn_number=100,
-                  num_aux_queries=100, min_size=640, max_size=1066, encoder_checkpoint=True),
-    "full": dict(backbone="resnet50"),
+    # the sizes come from the engine profile (multi-scale 480..640, long side <= 1066)
+    "colab": dict(backbone="resnet50", encoder_checkpoint=6),
+    "full": dict(backbone="resnet50", encoder_checkpoint=4),
 }
 #: ``release_scale``: tiny's sizes at the released test scale, training on crops that the data
 #: pipeline already brought to that scale (see ENGINE_PROFILES["release_scale"]).

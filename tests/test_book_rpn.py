@@ -62,6 +62,10 @@ def test_network_view_resizes_boxes_and_makes_every_anchor(tiny_set, model):
     assert len(view.anchors) == sum(view.anchors_per_level)
     # Strides 4, 8, 16, 32 on the 128 x 96 padded input (a multiple of 32), 9 anchors per cell.
     assert view.strides[:4] == [(4, 4), (8, 8), (16, 16), (32, 32)]
+    # the pooled level's anchors are 64 apart too, though 96 // 2 = 48 (torchvision's inference)
+    assert view.strides[4] == (64, 64)
+    level64 = view.anchors[-view.anchors_per_level[4]:].view(2, 2, 9, 4)
+    assert float(level64[1, 0, 0, 1] - level64[0, 0, 0, 1]) == 64.0
     assert view.anchors_per_level[0] == (96 // 4) * (128 // 4) * 9
     assert set(view.features) == {"0", "1", "2", "3", "pool"}
     assert model.training is False

@@ -86,9 +86,15 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
 
     code = main(["evaluate", "--checkpoint", str(out / "best.pt"), "--split", "val", "--out",
                  str(tmp_path / "val.json"), "--max-dets", "20", "--device", "cpu",
-                 "--no-progress", "--detections", str(tmp_path / "dets.json")])
+                 "--no-progress", "--detections", str(tmp_path / "dets.json"),
+                 "--release-protocol"])
     assert code == 0
+    printed = capsys.readouterr().out
+    assert "COCO, maxDets 20" in printed and "release: 300 per image" in printed
     report = json.loads((tmp_path / "val.json").read_text())
+    assert report["metrics"]["release"]["max_dets"] == {
+        "AP": 100, "AP50": 1000, "AP75": 1000, "APs": 1000, "APm": 1000, "APl": 1000,
+        "AR100": 100, "AR300": 300, "AR1000": 1000, "ARs": 1000, "ARm": 1000, "ARl": 1000}
     assert report["split"] == "val" and report["data"] == str(root)  # taken from the checkpoint
     logged = json.loads((out / "summary.json").read_text())["history"][0]["val_AP"]
     assert report["metrics"]["AP"] == pytest.approx(logged, abs=1e-9)

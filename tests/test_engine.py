@@ -29,6 +29,7 @@ from oralx_lib.engine import (
     train,
 )
 from oralx_lib.engine import checkpoint as checkpoint_module
+from oralx_lib.engine.inference import build_from_config
 from oralx_lib.engine.train import EpochSampler, make_optimizer, make_scheduler
 from oralx_lib.evaluation import evaluate_coco
 from oralx_lib.errors import ConfigError
@@ -344,6 +345,26 @@ def test_train_with_evaluation_writes_every_artifact(tiny_root, tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_release_protocol_next_to_cocos(tiny_root):
+    """evaluate_model(release=True): COCO's numbers on the best 20 boxes per image and the
+    release's (300 per image, maxDets 100/300/1000) on the same run's boxes."""
+    from oralx_lib.data import OralXrays9
+    from oralx_lib.evaluation import release_metrics, top_per_image
+
+    torch.manual_seed(0)
+    model = build_from_config(tiny_config(tiny_root, tiny_root / "unused"))
+    val = OralXrays9(tiny_root, "val")
+    metrics, dets = evaluate_model(model, val, progress=False, max_dets=20, release=True)
+    per_image = [len([d for d in dets if d["image_id"] == i]) for i in range(1, 5)]
+    assert max(per_image) > 20  # the model kept more than COCO's share for the release
+    assert metrics["max_dets"] == 20 and metrics["num_detections"] == sum(min(n, 20)
+                                                                            for n in per_image)
+    assert metrics["AP"] == pytest.approx(evaluate_coco(val.coco, top_per_image(dets, 20),
+                                                        max_dets=20)["AP"], abs=1e-12)
+    assert metrics["release"] == release_metrics(val.coco, dets, img_ids=[1, 2, 3, 4])
+    assert metrics["release"]["max_dets"]["AP75"] == 1000
 
 
 def test_predict_images_writes_overlays_and_json(tiny_root, tmp_path):

@@ -269,3 +269,53 @@ def test_confusion_rejects_unknown_category(tmp_path):
                         categories=[{"id": 5, "name": "Cavity"}])
     with pytest.raises(EvaluationError, match="Cavity"):
         confusion_matrix(gt_path, [])
+
+
+# ------------------------------------------------------------------ the release's protocol
+def _crowded_case(tmp_path, seed=3):
+    """The random case plus 300 low-scored boxes per image in one class: COCOeval's per-class
+    maxDets of 100 binds, and the release's 1000 does not."""
+    gt_path, dets = _random_case(tmp_path, seed)
+    rng = np.random.default_rng(seed)
+    for img in range(1, 13):
+        for i in range(300):
+            w, h = rng.uniform(8, 200, size=2)
+            dets.append({"image_id": img, "category_id": CAT_IDS["Decay"],
+                         "bbox": [rng.uniform(0, 400), rng.uniform(0, 300), w, h],
+                         "score": float(rng.random()) * 0.5})
+    return gt_path, dets
+
+
+def test_release_metrics_are_pycocotools_summarize_with_100_300_1000(tmp_path):
+    from oralx_lib.evaluation import RELEASE_MAX_DETS, release_metrics
+
+    gt_path, dets = _crowded_case(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        ev = COCOeval(gt, gt.loadRes([dict(d) for d in dets]), "bbox")
+        ev.params.maxDets = list(RELEASE_MAX_DETS)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()  # the release's own summary
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "AR300", "AR1000", "ARs",
+             "ARm", "ARl"]
+    ours = release_metrics(gt_path, dets)
+    for name, value in zip(names, ev.stats):
+        assert ours[name] == pytest.approx(value, abs=1e-12), name
+    assert ours["max_dets"]["AP"] == 100 and ours["max_dets"]["AP50"] == 1000
+    # here maxDets matters: the headline AP at 100 is not the AP at 1000
+    assert evaluate_coco(gt_path, dets, max_dets=1000)["AP"] != pytest.approx(ours["AP"])
+
+
+def test_top_per_image_is_cocos_rule(tmp_path):
+    from oralx_lib.evaluation import top_per_image
+
+    _, dets = _crowded_case(tmp_path)
+    top = top_per_image(dets, 100)
+    per_image = {}
+    for d in top:
+        per_image.setdefault(d["image_id"], []).append(d["score"])
+    assert set(per_image) == set(range(1, 13)) and all(len(v) == 100 for v in per_image.values())
+    for img, scores in per_image.items():
+        rest = [d["score"] for d in dets if d["image_id"] == img]
+        assert min(scores) >= sorted(rest, reverse=True)[99]

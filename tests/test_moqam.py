@@ -278,12 +278,84 @@ def test_soft_nms_hand_computed():
     boxes = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 10], [50, 50, 60, 60]]])
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.6]])
     labels = torch.tensor([[1, 1, 2, 1]])
-    out = soft_nms(boxes, scores, labels, sigma=0.5)
-    # box 1 overlaps box 0 (same class) with IoU 0.5: 0.8 * exp(-0.25 / 0.5)
+    out = soft_nms(boxes, scores, labels, method="gaussian", sigma=0.5)
+    # box 1 overlaps box 0 (same class) with IoU 0.5: 0.8 * exp(-0.25 / 0.5); box 2 is of
+    # another class
     expected = torch.tensor([[0.9, 0.8 * math.exp(-0.5), 0.7, 0.6]])
     torch.testing.assert_close(out, expected)
+    # linear: only overlaps above the IoU threshold decay, by 1 - IoU
+    torch.testing.assert_close(soft_nms(boxes, scores, labels), scores)  # 0.5 <= 0.8
+    torch.testing.assert_close(soft_nms(boxes, scores, labels, iou_threshold=0.4),
+                               torch.tensor([[0.9, 0.4, 0.7, 0.6]]))
     iou = box_iou_batched(boxes)
     torch.testing.assert_close(iou[0], box_iou(boxes[0], boxes[0]))
+
+
+def test_soft_nms_a_box_below_the_threshold_leaves_the_set():
+    # IoU(A, B) = 0.8, IoU(A, C) = 70/110, IoU(B, C) = 70/90: B decays to 0.5 * 0.2 = 0.1 < 0.3
+    # and leaves; had it stayed, it would have decayed C (0.45 * (1 - 7/9) = 0.1).
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [0, 2, 10, 10], [0, 3, 10, 11]]])
+    scores = torch.tensor([[0.9, 0.5, 0.45]])
+    out = soft_nms(boxes, scores, torch.ones(1, 3, dtype=torch.int64), method="linear",
+                   iou_threshold=0.7, score_threshold=0.3)
+    torch.testing.assert_close(out, torch.tensor([[0.9, 0.0, 0.45]]))
+    # a box below the threshold from the start is 0 and decays nothing (A would have taken B
+    # to 0.1); B then takes C to 0.1, out too
+    out = soft_nms(boxes, torch.tensor([[0.2, 0.5, 0.45]]), torch.ones(1, 3, dtype=torch.int64),
+                   iou_threshold=0.7, score_threshold=0.3)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.5, 0.0]]))
+    out = soft_nms(boxes, torch.tensor([[0.2, 0.5, 0.45]]), torch.ones(1, 3, dtype=torch.int64),
+                   iou_threshold=0.7, score_threshold=0.05)
+    # B is picked first now: A falls to 0.04 and leaves, C to 0.1 and stays
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.5, 0.45 * (1 - 7 / 9)]]))
+    with pytest.raises(ConfigError, match="method"):
+        soft_nms(boxes, scores, torch.ones(1, 3, dtype=torch.int64), method="hard")
+
+
+def naive_soft_nms(boxes, scores, labels, method, iou_threshold, sigma, score_threshold):
+    """Box by box, as the definition reads (Python floats)."""
+    out = []
+    for b in range(boxes.shape[0]):
+        s = scores[b].tolist()
+        remaining = [i for i in range(len(s)) if s[i] >= score_threshold]
+        iou = box_iou(boxes[b].double(), boxes[b].double()).tolist()
+        while remaining:
+            i = max(remaining, key=lambda j: (s[j], -j))  # highest; the first one on ties
+            remaining.remove(i)
+            for j in list(remaining):
+                if int(labels[b, j]) != int(labels[b, i]):
+                    continue
+                ov = iou[i][j]
+                if method == "linear":
+                    s[j] *= (1.0 - ov) if ov > iou_threshold else 1.0
+                else:
+                    s[j] *= math.exp(-ov * ov / sigma)
+                if s[j] < score_threshold:
+                    remaining.remove(j)
+        out.append([v if v >= score_threshold else 0.0 for v in s])
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("method,iou_threshold,score_threshold,seed", [
+    ("linear", 0.8, 1e-3, 0), ("linear", 0.5, 0.05, 1), ("linear", 0.3, 0.2, 2),
+    ("gaussian", 0.8, 1e-3, 3), ("gaussian", 0.8, 0.1, 4),
+])
+def test_soft_nms_matches_naive_reference(method, iou_threshold, score_threshold, seed):
+    g = torch.Generator().manual_seed(seed)
+    # clusters of jittered boxes, so that many pairs overlap strongly
+    centres = torch.rand(2, 6, 1, 2, generator=g) * 80
+    centres = (centres + torch.randn(2, 6, 8, 2, generator=g) * 2.0).view(2, 48, 2)
+    wh = 10 + torch.rand(2, 48, 2, generator=g) * 3
+    boxes = torch.cat([centres - wh / 2, centres + wh / 2], dim=-1)
+    scores = torch.rand(2, 48, generator=g)
+    labels = torch.randint(1, 4, (2, 48), generator=g)
+    out = soft_nms(boxes, scores, labels, method=method, iou_threshold=iou_threshold,
+                   score_threshold=score_threshold)
+    want = naive_soft_nms(boxes, scores, labels, method, iou_threshold, 0.5, score_threshold)
+    torch.testing.assert_close(out, want.float(), atol=1e-5, rtol=1e-4)
+    assert ((out > 0) & (out < scores)).any()  # some decayed
+    if score_threshold > 0.01:
+        assert ((out == 0) & (scores >= score_threshold)).any()  # some left the set
 
 
 # ---------------------------------------------------------------------- the model
@@ -352,7 +424,7 @@ def test_mixed_precision_step_on_cpu():
     assert out[0]["boxes"].dtype == torch.float32 and len(out[0]["boxes"]) <= 300
 
 
-@pytest.mark.parametrize("use_soft_nms", [False, True])
+@pytest.mark.parametrize("use_soft_nms", [None, "linear", "gaussian"])
 def test_eval_contract(use_soft_nms):
     model = tiny_model(soft_nms=use_soft_nms, pre_nms_topk=400).eval()
     images = [torch.rand(3, 300, 500), torch.rand(3, 200, 180)]

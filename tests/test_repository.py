@@ -42,8 +42,9 @@ def test_every_notebook_installs_the_library_on_colab_only():
 
 
 def test_pyproject_keeps_ranges_for_torch():
+    # lower bounds only (tests/test_install.py checks that a newer torch is accepted)
     text = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'"torch>=[\d.]+,<[\d.]+"', text) and "torch==" not in text
+    assert re.search(r'"torch>=[\d.]+"', text) and "torch==" not in text
 
 
 def test_every_citation_is_in_the_bibliography():

@@ -66,16 +66,22 @@ class Experiment:
             return json.loads(path.read_text())
         return None
 
-    def evaluate(self, split: str = "val", *, max_dets: int = 100) -> dict:
-        """COCO metrics (:func:`oralx_lib.evaluation.evaluate_coco`) on a split, cached."""
-        stem = f"eval_{split}_{max_dets}"
+    def evaluate(self, split: str = "val", *, max_dets: int = 100, release: bool = False) -> dict:
+        """COCO metrics (:func:`oralx_lib.evaluation.evaluate_coco`, every AP at
+        ``maxDets = max_dets``) on a split, cached; with ``release=True`` also the release's
+        numbers under ``"release"`` (:func:`oralx_lib.evaluation.release_metrics`)."""
+        stem = f"eval_{split}_{max_dets}" + ("_release" if release else "")
         cached = self._cached(stem)
         if cached is not None:
             return cached
         from ..engine import evaluate_model
 
         metrics, detections = evaluate_model(self.model(), self._dataset(split),
-                                             max_dets=max_dets, progress=False)
+                                             max_dets=max_dets, release=release, progress=False)
+        if release:  # the detections file keeps COCO's top max_dets per image
+            from ..evaluation import top_per_image
+
+            detections = top_per_image(detections, max_dets)
         (self.out_dir / f"detections_{split}_{max_dets}.json").write_text(json.dumps(detections))
         (self.out_dir / f"{stem}.json").write_text(json.dumps(metrics, indent=1))
         return metrics

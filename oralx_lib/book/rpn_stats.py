@@ -108,8 +108,14 @@ def network_view(model, image: Tensor, target: Mapping | None = None, *,
         model.train(was_training)
     h, w = image_list.image_sizes[0]
     padded_h, padded_w = image_list.tensors.shape[-2:]
-    # torchvision's AnchorGenerator spaces the anchors by padded size // grid size on each axis.
-    strides = [(int(padded_h // f.shape[-2]), int(padded_w // f.shape[-1])) for f in feature_list]
+    # the generator's configured strides (torchvision's own generator would infer them as
+    # padded size // grid size, which is wrong on the coarse levels of some padded sizes)
+    configured = getattr(model.rpn.anchor_generator, "strides", None)
+    if configured is not None:
+        strides = [(int(s), int(s)) for s in configured]
+    else:
+        strides = [(int(padded_h // f.shape[-2]), int(padded_w // f.shape[-1]))
+                   for f in feature_list]
     per_level = [int(f.shape[-2] * f.shape[-1]) * model.rpn.anchor_generator.num_anchors_per_location()[i]
                  for i, f in enumerate(feature_list)]
     mean = torch.as_tensor(model.transform.image_mean, device=device).view(3, 1, 1)

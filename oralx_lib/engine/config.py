@@ -86,7 +86,10 @@ class TrainConfig:
     Run:
         device (``auto`` | ``cpu`` | ``cuda``); seed; out_dir; checkpoint_every (also write
         ``last.pt`` every N iterations, 0 = only at epoch ends); eval_every (epochs);
-        eval_batch_size; eval_max_dets; log_every (iterations between ``metrics.jsonl``
+        eval_batch_size; eval_max_dets (COCO's maxDets: at most this many detections per image,
+        every AP read at it; 100); eval_release_protocol (also report the release's numbers,
+        ``val_release``: 300 detections per image, maxDets [100, 300, 1000], see
+        :func:`oralx_lib.evaluation.release_metrics`); log_every (iterations between ``metrics.jsonl``
         lines); num_threads (torch CPU threads, ``None`` = leave as is);
         find_unused_parameters (DDP: for models with parameters unused in some steps);
         profile (the profile this config started from, for the record).
@@ -129,6 +132,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_batch_size: int = 2
     eval_max_dets: int = 100
+    eval_release_protocol: bool = False
     log_every: int = 1
     num_threads: int | None = None
     find_unused_parameters: bool = False

@@ -23,7 +23,12 @@ from tqdm.auto import tqdm
 
 from oralx_lib import NUM_CLASSES
 from oralx_lib.data import collate_fn
-from oralx_lib.evaluation import evaluate_coco
+from oralx_lib.evaluation import (
+    RELEASE_DETECTIONS_PER_IMAGE,
+    evaluate_coco,
+    release_metrics,
+    top_per_image,
+)
 from oralx_lib.errors import ConfigError
 
 from .checkpoint import CheckpointError, load_checkpoint, shape_mismatches
@@ -140,23 +145,31 @@ def evaluate_model(
     device: torch.device | str | None = None,
     progress: bool = True,
     max_dets: int = 100,
+    release: bool = False,
 ) -> tuple[dict, list[dict]]:
     """COCO metrics of ``model`` on ``dataset`` (an ``OralXrays9`` or a ``Subset`` of one).
 
     The images are run in eval mode, at most ``max_dets`` boxes kept per image (the model's own
     cap, e.g. torchvision's ``box_detections_per_img``, is raised to ``max_dets`` for the
     run), and scored with :func:`oralx_lib.evaluation.evaluate_coco` against
-    ``dataset.coco`` on exactly the images that were run.
+    ``dataset.coco`` on exactly the images that were run: every AP at ``maxDets = max_dets``.
+    With ``release=True`` the model keeps at least 300 boxes per image and ``metrics["release"]``
+    holds the release's numbers on them (:func:`oralx_lib.evaluation.release_metrics`), next to
+    COCO's on the best ``max_dets`` per image.
 
     Returns:
         ``(metrics, detections)``: the dict of :func:`evaluate_coco` (``AP``, ``AP50``, ...,
         ``per_class_AP``) and the COCO result dicts.
     """
     base, _ = unwrap_dataset(dataset)
+    keep = max(max_dets, RELEASE_DETECTIONS_PER_IMAGE) if release else max_dets
     detections, image_ids = model_detections(model, dataset, batch_size=batch_size,
                                               device=device, progress=progress,
-                                              max_dets=max_dets)
-    metrics = evaluate_coco(base.coco, detections, max_dets=max_dets, img_ids=image_ids)
+                                              max_dets=keep)
+    metrics = evaluate_coco(base.coco, top_per_image(detections, max_dets), max_dets=max_dets,
+                            img_ids=image_ids)
+    if release:
+        metrics["release"] = release_metrics(base.coco, detections, img_ids=image_ids)
     return metrics, detections
 
 

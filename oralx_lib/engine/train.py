@@ -40,7 +40,12 @@ from tqdm.auto import tqdm
 
 from oralx_lib import __version__
 from oralx_lib.data import collate_fn
-from oralx_lib.evaluation import evaluate_coco
+from oralx_lib.evaluation import (
+    RELEASE_DETECTIONS_PER_IMAGE,
+    evaluate_coco,
+    release_metrics,
+    top_per_image,
+)
 from oralx_lib.errors import ConfigError, TrainingError
 
 from .checkpoint import (
@@ -512,17 +517,22 @@ class _Run:
         """COCO metrics on the validation set, sharded over processes, merged on rank 0."""
         cfg, ctx = self.config, self.ctx
         shard = list(range(ctx.rank, len(self.val_set), ctx.world_size))
+        keep = cfg.eval_max_dets
+        if cfg.eval_release_protocol:
+            keep = max(keep, RELEASE_DETECTIONS_PER_IMAGE)
         dets, ids = model_detections(self.model, self.val_set, shard,
                                      batch_size=cfg.eval_batch_size, device=self.device,
-                                     progress=self.progress, max_dets=cfg.eval_max_dets)
+                                     progress=self.progress, max_dets=keep)
         gathered = all_gather_objects((dets, ids), ctx)
         metrics = None
         if ctx.is_main:
             all_dets = [d for part, _ in gathered for d in part]
             all_ids = sorted({i for _, part in gathered for i in part})
             base, _ = unwrap_dataset(self.val_set)
-            metrics = evaluate_coco(base.coco, all_dets, max_dets=cfg.eval_max_dets,
-                                    img_ids=all_ids)
+            metrics = evaluate_coco(base.coco, top_per_image(all_dets, cfg.eval_max_dets),
+                                    max_dets=cfg.eval_max_dets, img_ids=all_ids)
+            if cfg.eval_release_protocol:
+                metrics["release"] = release_metrics(base.coco, all_dets, img_ids=all_ids)
         return broadcast_object(metrics, ctx)
 
     # -- the loop -------------------------------------------------------------------------------

@@ -59,8 +59,12 @@ def balanced_supcon_loss(features: Tensor, labels: Tensor, centers: Tensor, temp
     # Half precision (autocast) is promoted: the loss is computed in float32 or float64.
     dtype = torch.promote_types(features.dtype, torch.float32)
     features, centers = features.to(dtype), centers.to(dtype)
-    if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
-        raise ValueError(f"labels must lie in 0..{num_classes - 1} (one row of centers per class)")
+    if labels.device.type == "cpu":
+        if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
+            raise ValueError(f"labels must lie in 0..{num_classes - 1} (one row of centers per class)")
+    else:  # checked on the device: no host synchronisation in a training step
+        torch._assert_async(((labels >= 0) & (labels < num_classes)).all(),
+                            f"CB-SCR: labels must lie in 0..{num_classes - 1}")
 
     contrast = torch.cat([features, centers], dim=0)  # (N + C, D)
     contrast_labels = torch.cat([labels, torch.arange(num_classes, device=labels.device)])  # (N + C,)

@@ -17,21 +17,49 @@ weighting; :class:`MSDeformAttn` adds the projections and the usual initialisati
 
 There is no custom CUDA kernel: :func:`torch.nn.functional.grid_sample` does the bilinear
 sampling, so the same code runs (and back-propagates) on CPU and GPU.
+
+Level sizes: ``spatial_shapes`` may be an ``(L, 2)`` integer tensor (read once with
+``.tolist()``) or, as the model passes them, a sequence of ``(H_l, W_l)`` Python ints, which
+costs no device-to-host synchronisation on a GPU. Sampling locations and the bilinear sampling
+are float32 under autocast (a bf16 location is off by up to half a pixel on a 200 px level).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["multi_scale_deformable_attention", "MSDeformAttn"]
+__all__ = ["multi_scale_deformable_attention", "MSDeformAttn", "level_shapes", "small_tensor"]
+
+Shapes = tuple[tuple[int, int], ...]
+
+
+def level_shapes(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> Shapes:
+    """``(H_l, W_l)`` of every level as Python ints: from a sequence of pairs (free) or from an
+    ``(L, 2)`` tensor (one ``.tolist()``, a host synchronisation on a GPU)."""
+    if isinstance(spatial_shapes, Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    return tuple((int(h), int(w)) for h, w in spatial_shapes)
+
+
+def small_tensor(values, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A small tensor of Python numbers on ``device`` without stalling a GPU: on CUDA the values
+    go through pinned memory with a non-blocking copy (a plain ``torch.tensor(..., device=cuda)``
+    waits for every queued kernel)."""
+    t = torch.tensor(values, dtype=dtype)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def multi_scale_deformable_attention(
-    value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+    value: Tensor, spatial_shapes: Tensor | Sequence[Sequence[int]], sampling_locations: Tensor,
+    attention_weights: Tensor
 ) -> Tensor:
     """Sample ``value`` at the given locations and sum the samples with the given weights.
 
@@ -39,7 +67,7 @@ def multi_scale_deformable_attention(
         value: ``(B, S, M, D)``: ``M`` heads of ``D`` channels for ``S = sum_l H_l * W_l``
             flattened positions, levels concatenated in the order of ``spatial_shapes``, each
             level row-major (``index = y * W_l + x``).
-        spatial_shapes: ``(L, 2)`` integer ``(H_l, W_l)`` per level.
+        spatial_shapes: ``(H_l, W_l)`` per level: ``(L, 2)`` integer tensor or pairs of ints.
         sampling_locations: ``(B, Q, M, L, P, 2)`` normalised ``(x, y)``; ``(0, 0)`` is the
             top-left corner of the map, ``(1, 1)`` the bottom-right corner. Values outside
             ``[0, 1]`` are allowed and read zero padding.
@@ -56,24 +84,30 @@ def multi_scale_deformable_attention(
         return _sample_and_weight(value, spatial_shapes, sampling_locations, attention_weights)
 
 
-def _sample_and_weight(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
+def _sample_and_weight(value: Tensor, spatial_shapes, sampling_locations: Tensor,
                        attention_weights: Tensor) -> Tensor:
+    shapes = level_shapes(spatial_shapes)
     batch, _, heads, channels = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    value_levels = value.split(sizes, dim=1)
+    # bilinear sampling in the wider of the two dtypes (float32 under autocast, as grid_sample's
+    # own autocast rule on CUDA does)
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    value, sampling_locations = value.to(dtype), sampling_locations.to(dtype)
+    attention_weights = attention_weights.to(dtype)
+    value_levels = value.split([h * w for h, w in shapes], dim=1)
     # grid_sample's grid is in [-1, 1]; align_corners=False puts pixel centres at half-integers.
     grids = 2.0 * sampling_locations - 1.0
-    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels, points)
-    out = None
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+    samples = []
+    for level, (h, w) in enumerate(shapes):
         # (B, H*W, M, D) -> (B*M, D, H, W)
         v = value_levels[level].flatten(2).transpose(1, 2).reshape(batch * heads, channels, h, w)
         # (B, Q, M, P, 2) -> (B*M, Q, P, 2)
         g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-        term = (sampled * weights[:, :, :, level]).sum(-1)  # (B*M, D, Q, P) -> (B*M, D, Q)
-        out = term if out is None else out + term
+        samples.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))  # (B*M, D, Q, P)
+    # one weighted sum over the L * P samples of every head: (B*M, D, Q, L*P) . (B*M, 1, Q, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)  # (B*M, D, Q)
     return out.view(batch, heads * channels, queries).transpose(1, 2).contiguous()
 
 
@@ -127,7 +161,8 @@ class MSDeformAttn(nn.Module):
         nn.init.zeros_(self.output_proj.bias)
 
     def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
-                spatial_shapes: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+                spatial_shapes: Tensor | Sequence[Sequence[int]],
+                padding_mask: Tensor | None = None) -> Tensor:
         """Attend from ``query`` to the multi-scale ``value``.
 
         Args:
@@ -138,12 +173,13 @@ class MSDeformAttn(nn.Module):
                 (``loc = c + dp / P * wh / 2``), with points by the level size
                 (``loc = r + dp / (W_l, H_l)``).
             value: ``(B, S, C)`` flattened levels, ``S = sum_l H_l * W_l``.
-            spatial_shapes: ``(L, 2)`` integer ``(H_l, W_l)``.
+            spatial_shapes: ``(H_l, W_l)`` per level (pairs of ints, or an ``(L, 2)`` tensor).
             padding_mask: ``(B, S)`` bool, True at padded positions (their values become 0).
 
         Returns:
             ``(B, Q, C)``.
         """
+        shapes = level_shapes(spatial_shapes)
         batch, queries, _ = query.shape
         m, lv, p = self.num_heads, self.num_levels, self.num_points
         v = self.value_proj(value)
@@ -153,8 +189,11 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(batch, queries, m, lv, p, 2)
         weights = self.attention_weights(query).view(batch, queries, m, lv * p)
         weights = weights.softmax(-1).view(batch, queries, m, lv, p)
+        # locations in float32 (or wider) whatever autocast made of the offsets
+        wide = torch.promote_types(offsets.dtype, torch.float32)
+        offsets, reference_points = offsets.to(wide), reference_points.to(wide)
         if reference_points.shape[-1] == 2:
-            normaliser = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
+            normaliser = small_tensor([[w, h] for h, w in shapes], offsets.device, wide)  # (L, 2)
             locations = (reference_points[:, :, None, :, None, :]
                          + offsets / normaliser[None, None, None, :, None, :])
         elif reference_points.shape[-1] == 4:
@@ -165,5 +204,5 @@ class MSDeformAttn(nn.Module):
                 "MSDeformAttn: reference_points must end in 2 (points) or 4 (boxes), "
                 f"got shape {tuple(reference_points.shape)}."
             )
-        out = multi_scale_deformable_attention(v, spatial_shapes, locations, weights)
+        out = multi_scale_deformable_attention(v, shapes, locations, weights)
         return self.output_proj(out)

@@ -92,6 +92,7 @@ def _build_two_stage(
         cfg,
         in_channels=body.out_channels,
         featmap_names=[str(i) for i in range(len(strides) - 1)],  # every level but the pooled one
+        strides=strides[:-1],
         num_classes=num_classes,
         cb_scr=name in _USES_CB_SCR,
     )

@@ -12,7 +12,11 @@ RoI head with :func:`build_roi_heads`, so an option has one name and one meaning
 - :data:`ROI_DEFAULTS`: the box head's size, RoI sampling and the test-time filtering;
 - :data:`CB_SCR_DEFAULTS`: CB-SCR's loss weight, temperature and projection sizes.
 
-The values are torchvision's or the release's.
+The values are torchvision's or the release's. Where the two differ, the two-stage detectors
+(the book's Faster R-CNN from torchvision parts) keep torchvision's and MOQAM's branches take
+the release's (:data:`oralx_lib.models.moqam_branches.BRANCH_DEFAULTS`): the RPN's box loss
+(``rpn_box_loss``: smooth L1 / L1), RoIAlign (``roi_sampling_ratio`` 2 / 0 = adaptive,
+``roi_aligned`` False / True) and the RoI head's initialisation (``roi_head_init``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,19 @@ from typing import Any
 
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 
+from ..errors import ConfigError
 from .assigners import FixedIoUAssigner
 from .cb_scr import CBSCR
 from .di_rpn import DynamicIoUAssigner
-from .rcnn import AssignerRPN, CBSCRRoIHeads, make_anchor_generator
+from .rcnn import (
+    ROI_HEAD_INITS,
+    AssignerRPN,
+    CBSCRRoIHeads,
+    RoIAlignPooler,
+    init_roi_head_like_release,
+    make_anchor_generator,
+)
 
 #: The RPN's options (the fixed IoU rule's thresholds are ``rpn_fg/bg_iou_thresh``).
 RPN_DEFAULTS: dict[str, Any] = {
@@ -44,6 +55,7 @@ RPN_DEFAULTS: dict[str, Any] = {
     "rpn_post_nms_top_n_test": 1000,
     "rpn_nms_thresh": 0.7,
     "rpn_score_thresh": 0.0,
+    "rpn_box_loss": "smooth_l1",
 }
 #: DI-RPN's options (the released constants; negatives below ``rpn_bg_iou_thresh``).
 DI_RPN_DEFAULTS: dict[str, Any] = {
@@ -67,6 +79,9 @@ ROI_DEFAULTS: dict[str, Any] = {
     "box_score_thresh": 0.05,
     "box_nms_thresh": 0.5,
     "box_detections_per_img": 100,
+    "roi_sampling_ratio": 2,
+    "roi_aligned": False,
+    "roi_head_init": "torchvision",
 }
 #: CB-SCR's options (the released settings).
 CB_SCR_DEFAULTS: dict[str, Any] = {
@@ -119,30 +134,42 @@ def build_rpn(options: Mapping[str, Any], *, in_channels: int, strides: Sequence
                         "testing": opts["rpn_post_nms_top_n_test"]},
         nms_thresh=opts["rpn_nms_thresh"],
         score_thresh=opts["rpn_score_thresh"],
+        box_loss=opts["rpn_box_loss"],
     )
 
 
 def build_roi_heads(options: Mapping[str, Any], *, in_channels: int,
-                    featmap_names: Sequence[str], num_classes: int,
+                    featmap_names: Sequence[str], strides: Sequence[int], num_classes: int,
                     cb_scr: bool) -> CBSCRRoIHeads:
-    """A :class:`CBSCRRoIHeads`: RoIAlign 7x7 on ``featmap_names``, two FC layers of
+    """A :class:`CBSCRRoIHeads`: RoIAlign 7x7 on ``featmap_names`` (of the given ``strides``;
+    :class:`RoIAlignPooler` with ``roi_sampling_ratio`` and ``roi_aligned``), two FC layers of
     ``representation_size``, a classifier over ``num_classes + 1`` (background 0), and CB-SCR
-    on the RoI features when ``cb_scr``.
+    on the RoI features when ``cb_scr``. ``roi_head_init``: ``"torchvision"`` (its layers'
+    defaults) or ``"released"`` (:func:`init_roi_head_like_release`).
 
     ``options``: keys of :data:`ROI_DEFAULTS` and :data:`CB_SCR_DEFAULTS`.
     """
     opts = {**ROI_DEFAULTS, **CB_SCR_DEFAULTS, **options}
+    if opts["roi_head_init"] not in ROI_HEAD_INITS:
+        raise ConfigError(
+            f"roi_head_init={opts['roi_head_init']!r}: choose one of {ROI_HEAD_INITS}."
+        )
     rep = opts["representation_size"]
     module = None
     if cb_scr:
         module = CBSCR(in_dim=rep, hidden_dim=opts["cb_scr_hidden_dim"],
                        out_dim=opts["cb_scr_out_dim"], num_classes=num_classes + 1,
                        temperature=opts["cb_scr_temperature"], weight=opts["cb_scr_weight"])
+    box_head = TwoMLPHead(in_channels * 7 * 7, rep)
+    box_predictor = FastRCNNPredictor(rep, num_classes + 1)
+    if opts["roi_head_init"] == "released":
+        init_roi_head_like_release(box_head, box_predictor)
     return CBSCRRoIHeads(
-        box_roi_pool=MultiScaleRoIAlign(featmap_names=list(featmap_names), output_size=7,
-                                        sampling_ratio=2),
-        box_head=TwoMLPHead(in_channels * 7 * 7, rep),
-        box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+        box_roi_pool=RoIAlignPooler(featmap_names, strides, output_size=7,
+                                    sampling_ratio=opts["roi_sampling_ratio"],
+                                    aligned=opts["roi_aligned"]),
+        box_head=box_head,
+        box_predictor=box_predictor,
         cb_scr=module,
         fg_iou_thresh=opts["box_fg_iou_thresh"],
         bg_iou_thresh=opts["box_bg_iou_thresh"],

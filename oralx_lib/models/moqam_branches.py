@@ -170,14 +170,16 @@ class ATSSHead(nn.Module):
         self.box_coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
 
     def anchors(self, maps: list[Tensor]) -> tuple[Tensor, list[int]]:
-        """Anchors ``(A, 4)`` xyxy of the maps (cell centres, size ``anchor_scale * stride``)."""
+        """Anchors ``(A, 4)`` xyxy of the maps, size ``anchor_scale * stride``, centred at
+        ``(j * stride, i * stride)`` for cell ``(i, j)`` (the release's centres, mmdet 2.x's
+        ``center_offset = 0``)."""
         out, counts = [], []
         for x, stride in zip(maps, self.strides):
             h, w = x.shape[-2:]
             ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float32),
                                     torch.arange(w, device=x.device, dtype=torch.float32),
                                     indexing="ij")
-            centres = (torch.stack([xs, ys], -1).reshape(-1, 2) + 0.5) * stride
+            centres = torch.stack([xs, ys], -1).reshape(-1, 2) * stride
             half = self.anchor_scale * stride / 2
             out.append(torch.cat([centres - half, centres + half], dim=1))
             counts.append(h * w)
@@ -264,14 +266,14 @@ class RoIBranch(nn.Module):
         loss_cls = F.cross_entropy(logits.float(), all_labels)
         gts = [t["boxes"][m] if t["boxes"].numel() else torch.zeros_like(p)
                for t, m, p in zip(targets, matched, proposals)]
+        # GIoU on every sampled RoI with its own class's deltas, kept for the positives only:
+        # no data-dependent branch, so no host synchronisation (and always graph-connected)
         pos = all_labels > 0
-        if pos.any():
-            d = deltas.view(deltas.shape[0], -1, 4)[pos, all_labels[pos]].float()
-            boxes = heads.box_coder.decode_single(d, torch.cat(proposals)[pos].float())
-            loss_giou = generalized_box_iou_loss(boxes, torch.cat(gts)[pos].float(),
-                                                 reduction="sum") / total
-        else:
-            loss_giou = deltas.sum() * 0.0
+        rows = torch.arange(all_labels.numel(), device=all_labels.device)
+        d = deltas.view(deltas.shape[0], -1, 4)[rows, all_labels].float()
+        boxes = heads.box_coder.decode_single(d, torch.cat(proposals).float())
+        per_roi = generalized_box_iou_loss(boxes, torch.cat(gts).float(), reduction="none")
+        loss_giou = torch.where(pos, per_roi, torch.zeros_like(per_roi)).sum() / total
         losses = {"loss_roi_cls": loss_cls * self.cls_weight,
                   "loss_roi_giou": loss_giou * self.giou_weight}
         if heads.cb_scr is not None:
@@ -362,7 +364,12 @@ BRANCH_DEFAULTS: dict[str, Any] = {
     "rpn_post_nms_top_n_train": 1000,
     "rpn_post_nms_top_n_test": 1000,
     **DI_RPN_DEFAULTS,
+    "rpn_box_loss": "l1",  # the release's RPN box loss (weight rpn_bbox_weight = 12)
     **ROI_DEFAULTS,
+    # the release's RoI head: mmcv RoIAlign (aligned, adaptive sampling), its initialisation
+    "roi_sampling_ratio": 0,
+    "roi_aligned": True,
+    "roi_head_init": "released",
     **CB_SCR_DEFAULTS,
     "rpn_cls_weight": 12.0,
     "rpn_bbox_weight": 12.0,
@@ -397,6 +404,7 @@ def build_collaborative_branches(names: tuple[str, ...], *, num_classes: int, em
     if "roi" in names:
         heads = build_roi_heads(cfg, in_channels=embed_dim,
                                 featmap_names=[str(i) for i in range(len(strides))],
+                                strides=strides,
                                 num_classes=num_classes, cb_scr=cfg["cb_scr"])
         roi = RoIBranch(roi_heads=heads, cls_weight=cfg["roi_cls_weight"],
                         giou_weight=cfg["roi_giou_weight"])

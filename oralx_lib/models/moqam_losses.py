@@ -21,6 +21,7 @@ elsewhere, and ``N_pos`` the number of matched queries in the batch (at least 1)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -33,12 +34,14 @@ __all__ = [
     "quality_focal_loss",
     "matching_cost",
     "hungarian_match",
+    "hungarian_match_many",
     "set_loss",
 ]
 
 
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``log(x / (1 - x))`` with ``x`` clamped to ``[eps, 1 - eps]`` (any shape)."""
+def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
+    """``log(x / (1 - x))`` with ``x`` and ``1 - x`` clamped to at least ``eps`` (any shape);
+    ``eps = 1e-3`` is the release's value (logits within about +-6.9)."""
     x = x.clamp(0.0, 1.0)
     return torch.log(x.clamp(min=eps) / (1.0 - x).clamp(min=eps))
 
@@ -122,6 +125,58 @@ def hungarian_match(logits: Tensor, boxes: Tensor, gt_labels: Tensor, gt_boxes: 
     order = rows.argsort()
     return (torch.as_tensor(rows[order], dtype=torch.int64, device=device),
             torch.as_tensor(cols[order], dtype=torch.int64, device=device))
+
+
+@torch.no_grad()
+def hungarian_match_many(problems: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+                         **cost_weights: float) -> list[tuple[Tensor, Tensor]]:
+    """:func:`hungarian_match` of many problems with two host transfers in all.
+
+    The cost matrices of every problem (e.g. every image of the encoder proposals and of the 6
+    decoder layers) are computed on the device, copied to the host in **one** transfer, solved
+    one by one with scipy, and the answers go back in one non-blocking copy. On a GPU that is
+    one synchronisation per training step instead of one per image and layer.
+
+    Args:
+        problems: ``(logits (Q, C), boxes (Q, 4), gt_labels (G,), gt_boxes (G, 4))`` each.
+        **cost_weights: as for :func:`matching_cost`.
+
+    Returns:
+        Per problem ``(query_index, gt_index)`` as :func:`hungarian_match` returns them (the same
+        assignment).
+    """
+    if not problems:
+        return []
+    device = problems[0][0].device
+    costs, shapes = [], []
+    for logits, boxes, gt_labels, gt_boxes in problems:
+        if gt_labels.numel() == 0 or logits.shape[0] == 0:
+            shapes.append((0, 0))
+            continue
+        cost = matching_cost(logits, boxes, gt_labels, gt_boxes, **cost_weights)
+        costs.append(torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6).flatten())
+        shapes.append((logits.shape[0], gt_labels.numel()))
+    if not costs:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return [(empty, empty) for _ in problems]
+    flat = torch.cat(costs).cpu().numpy()  # the one device -> host transfer
+    answers, lengths, start = [], [], 0
+    for q, g in shapes:
+        if q == 0:
+            lengths.append(0)
+            continue
+        rows, cols = linear_sum_assignment(flat[start:start + q * g].reshape(q, g))
+        start += q * g
+        order = rows.argsort()
+        answers += [rows[order], cols[order]]
+        lengths.append(len(rows))
+    indices = torch.from_numpy(np.concatenate(answers).astype(np.int64))
+    if device.type == "cuda":
+        indices = indices.pin_memory().to(device, non_blocking=True)
+    else:
+        indices = indices.to(device)
+    pieces = indices.split([n for n in lengths for _ in (0, 1)])
+    return [(pieces[2 * i], pieces[2 * i + 1]) for i in range(len(problems))]
 
 
 def set_loss(logits: Tensor, boxes: Tensor, gt_labels: list[Tensor], gt_boxes: list[Tensor],

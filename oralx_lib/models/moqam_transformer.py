@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .deformable_attention import MSDeformAttn
+from .deformable_attention import MSDeformAttn, level_shapes
 from .moqam_losses import inverse_sigmoid
 
 __all__ = [
@@ -125,7 +125,7 @@ def encoder_reference_points(spatial_shapes: Tensor, ratios: Tensor) -> Tensor:
         ratio.
     """
     points = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(level_shapes(spatial_shapes)):
         ys, xs = torch.meshgrid(
             torch.linspace(0.5, h - 0.5, h, device=ratios.device, dtype=torch.float32),
             torch.linspace(0.5, w - 0.5, w, device=ratios.device, dtype=torch.float32),
@@ -152,12 +152,12 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tens
 
     Returns:
         ``memory`` with invalid tokens zeroed ``(B, S, C)``; proposals in logit space
-        ``(B, S, 4)`` (``inverse_sigmoid`` of cxcywh; invalid rows are 0 and flagged);
+        ``(B, S, 4)`` float32 (``inverse_sigmoid`` of cxcywh; invalid rows are 0 and flagged);
         ``valid`` ``(B, S)`` bool.
     """
     batch = memory.shape[0]
     proposals, start = [], 0
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(level_shapes(spatial_shapes)):
         mask_l = padding_mask[:, start:start + h * w].view(batch, h, w)
         valid_h = (~mask_l[:, :, 0]).sum(1).to(torch.float32)
         valid_w = (~mask_l[:, 0, :]).sum(1).to(torch.float32)
@@ -176,7 +176,7 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tens
     valid = ((boxes > 0.01) & (boxes < 0.99)).all(-1) & ~padding_mask
     logits = inverse_sigmoid(boxes).masked_fill(~valid[..., None], 0.0)
     memory = memory.masked_fill(~valid[..., None], 0.0)
-    return memory, logits.to(memory.dtype), valid
+    return memory, logits, valid
 
 
 class _FFN(nn.Module):
@@ -211,7 +211,7 @@ class DeformableEncoder(nn.Module):
     """
 
     def __init__(self, *, num_layers: int, embed_dim: int, num_heads: int, num_levels: int,
-                 num_points: int, ffn_dim: int, checkpoint: bool = False) -> None:
+                 num_points: int, ffn_dim: int, checkpoint: bool | int = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             _EncoderLayer(embed_dim, num_heads, num_levels, num_points, ffn_dim)
@@ -219,18 +219,29 @@ class DeformableEncoder(nn.Module):
         )
         self.checkpoint = checkpoint
 
+    @property
+    def checkpointed_layers(self) -> int:
+        """How many layers (the first ones) are recomputed in backward: ``checkpoint`` as a
+        count, ``True`` = all, ``False`` = none (the release recomputes 4 of 6)."""
+        if self.checkpoint is True:
+            return len(self.layers)
+        return min(int(self.checkpoint or 0), len(self.layers))
+
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Tensor, ratios: Tensor,
                 padding_mask: Tensor) -> Tensor:
         """``src``, ``pos``: ``(B, S, C)``; ``ratios``: ``(B, L, 2)``; ``padding_mask``:
         ``(B, S)``. Returns the memory ``(B, S, C)``.
 
-        With ``checkpoint=True`` each layer is recomputed during backward instead of keeping
-        its activations (``torch.utils.checkpoint``): the sampled values of the stride-4 level
-        dominate training memory, and this trades about one extra encoder forward for them.
+        With ``checkpoint`` (``True`` or a number of layers) those layers are recomputed during
+        backward instead of keeping their activations (``torch.utils.checkpoint``): the sampled
+        values of the stride-4 level dominate training memory, and this trades about one extra
+        forward of those layers for them.
         """
-        reference_points = encoder_reference_points(spatial_shapes, ratios).to(src.dtype)
-        for layer in self.layers:
-            if self.checkpoint and self.training and torch.is_grad_enabled():
+        spatial_shapes = level_shapes(spatial_shapes)
+        reference_points = encoder_reference_points(spatial_shapes, ratios)  # float32
+        recompute = self.checkpointed_layers if self.training and torch.is_grad_enabled() else 0
+        for i, layer in enumerate(self.layers):
+            if i < recompute:
                 src = torch.utils.checkpoint.checkpoint(
                     layer, src, pos, reference_points, spatial_shapes, padding_mask,
                     use_reentrant=False,
@@ -262,26 +273,34 @@ class _DecoderLayer(nn.Module):
 
 
 class DeformableDecoder(nn.Module):
-    """Decoder with iterative box refinement and "look forward twice".
+    """Decoder with iterative box refinement and "look forward twice", as released (DINO).
 
-    Layer ``i`` takes content ``h_{i-1}`` and reference boxes ``r_{i-1}`` (detached) and computes
+    Layer ``i`` takes content ``h_{i-1}`` and a detached reference box ``r_{i-1}`` (``r_{-1}``:
+    the initial boxes) and computes
 
-    - ``pos = MLP(box_sine_embedding(r_{i-1}))`` (the positional query),
-    - ``h_i = FFN(cross_attn(self_attn(h_{i-1}, pos, mask), r_{i-1}))``,
-    - ``b_i = sigmoid(Delta_i(LN(h_i)) + sigmoid^{-1}(b_{i-1}))`` with ``b_{-1} = r_{-1}``,
-    - ``r_i = stopgrad(b_i)``.
+    - ``pos = MLP(box_sine_embedding(r_{i-1} * valid_ratio))`` (the positional query; the
+      reference scaled to the padded map, as the sampling locations are),
+    - ``h_i = FFN(cross_attn(self_attn(h_{i-1}, pos, mask), r_{i-1}))`` (un-normalised),
+    - the next reference from the un-normalised output:
+      ``n_i = sigmoid(Delta_i(h_i) + sigmoid^{-1}(r_{i-1}))``, ``r_i = stopgrad(n_i)``,
+    - the layer's prediction from the normalised output:
+      ``b_i = sigmoid(Delta_i(LN(h_i)) + sigmoid^{-1}(n_{i-1}))`` with ``n_{-1} = r_{-1}``.
 
-    ``b_i`` keeps the gradient path through ``b_{i-1}`` (look forward twice: layer ``i``'s loss
-    also trains layer ``i-1``'s box head), while the reference fed to the next layer is detached.
+    ``b_i`` keeps the gradient through ``n_{i-1}`` (look forward twice: layer ``i``'s loss also
+    trains layer ``i-1``'s box head and layer), and stops there: ``n_{i-1}`` is built on the
+    detached ``r_{i-2}``. With ``look_forward_twice=False`` ``n_{i-1}`` is detached too (Deformable
+    DETR's "look forward once"). ``sigmoid^{-1}`` clamps at ``eps = 1e-3``, the release's value.
 
     Args:
         num_layers, embed_dim, num_heads, num_levels, num_points, ffn_dim: sizes.
+        look_forward_twice: keep the gradient through the previous layer's box (True).
     """
 
     def __init__(self, *, num_layers: int, embed_dim: int, num_heads: int, num_levels: int,
-                 num_points: int, ffn_dim: int) -> None:
+                 num_points: int, ffn_dim: int, look_forward_twice: bool = True) -> None:
         super().__init__()
         self.embed_dim = embed_dim
+        self.look_forward_twice = look_forward_twice
         self.layers = nn.ModuleList(
             _DecoderLayer(embed_dim, num_heads, num_levels, num_points, ffn_dim)
             for _ in range(num_layers)
@@ -293,7 +312,7 @@ class DeformableDecoder(nn.Module):
             nn.init.zeros_(head.layers[-1].weight)
             nn.init.zeros_(head.layers[-1].bias)
 
-    def forward(self, tgt: Tensor, reference: Tensor, memory: Tensor, spatial_shapes: Tensor,
+    def forward(self, tgt: Tensor, reference: Tensor, memory: Tensor, spatial_shapes,
                 ratios: Tensor, memory_mask: Tensor, attn_mask: Tensor | None = None
                 ) -> tuple[list[Tensor], list[Tensor]]:
         """Run all layers.
@@ -302,21 +321,30 @@ class DeformableDecoder(nn.Module):
             tgt: ``(B, Q, C)`` content queries.
             reference: ``(B, Q, 4)`` initial boxes ``r_{-1}`` (normalised cxcywh, detached).
             memory: ``(B, S, C)``; memory_mask: ``(B, S)``; ratios: ``(B, L, 2)``.
+            spatial_shapes: ``(H_l, W_l)`` per level (pairs of ints, or an ``(L, 2)`` tensor).
             attn_mask: ``(Q, Q)`` bool, True where query ``i`` may *not* attend to ``j``.
 
         Returns:
-            ``(hidden, boxes)``: per layer ``LN(h_i)`` ``(B, Q, C)`` and ``b_i`` ``(B, Q, 4)``.
+            ``(hidden, boxes)``: per layer ``LN(h_i)`` ``(B, Q, C)`` and ``b_i`` ``(B, Q, 4)``
+            (float32).
         """
         hidden, boxes = [], []
-        previous = reference
-        ratios4 = torch.cat([ratios, ratios], dim=-1)[:, None].to(memory.dtype)  # (B, 1, L, 4)
-        for layer, box_head in zip(self.layers, self.box_heads):
-            ref = previous.detach()
-            query_pos = self.ref_point_head(box_sine_embedding(ref, self.embed_dim // 2))
-            tgt = layer(tgt, query_pos, ref[:, :, None] * ratios4, memory, spatial_shapes,
-                        memory_mask, attn_mask)
+        spatial_shapes = level_shapes(spatial_shapes)
+        ratios4 = torch.cat([ratios, ratios], dim=-1)[:, None].float()  # (B, 1, L, 4)
+        reference = reference.detach().float()
+        previous = reference  # n_{i-1}: the box b_i refines (with gradient after layer 0)
+        last = len(self.layers) - 1
+        for i, (layer, box_head) in enumerate(zip(self.layers, self.box_heads)):
+            ref_input = reference[:, :, None] * ratios4  # (B, Q, L, 4) on the padded maps
+            query_pos = self.ref_point_head(box_sine_embedding(ref_input[:, :, 0],
+                                                               self.embed_dim // 2))
+            tgt = layer(tgt, query_pos, ref_input, memory, spatial_shapes, memory_mask,
+                        attn_mask)
             out = self.norm(tgt)
-            previous = (box_head(out) + inverse_sigmoid(previous)).sigmoid()
+            anchor = previous if self.look_forward_twice else previous.detach()
+            boxes.append((box_head(out).float() + inverse_sigmoid(anchor)).sigmoid())
             hidden.append(out)
-            boxes.append(previous)
+            if i < last:
+                previous = (box_head(tgt).float() + inverse_sigmoid(reference)).sigmoid()
+                reference = previous.detach()
         return hidden, boxes

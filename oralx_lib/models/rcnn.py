@@ -16,22 +16,40 @@ Two parts differ from torchvision's and are constructor arguments, never patches
 
 Both work on any dict of feature maps (not only an FPN's), so the query-based MOQAM reuses them
 on its encoder's output.
+
+Three things are fixed here for every detector:
+
+- **anchors sit on the configured strides** (:class:`StridedAnchorGenerator`): torchvision's
+  generator infers a level's stride as ``padded_size // grid_size``, which on a padded input whose
+  size is not a multiple of 64 puts the stride-64 level's anchors 57..62 px apart;
+- **boxes stay in float32 under autocast**: anchors, box decoding, IoU, assignment, sampling and
+  the box losses (bf16 has 8 significant bits: at 1333 px a box corner moves in 8 px steps);
+- the RoI pooling can be the release's (:class:`RoIAlignPooler`: ``aligned=True``, adaptive
+  sampling) or torchvision's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
-from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
+from torchvision.ops import roi_align
+from torchvision.ops.poolers import initLevelMapper
 
 from ..errors import ConfigError
 
 ANCHOR_STYLES = ("released", "torchvision")
+RPN_BOX_LOSSES = ("smooth_l1", "l1")
+ROI_HEAD_INITS = ("torchvision", "released")
 
 
 def released_anchor_sizes(
@@ -84,7 +102,118 @@ def make_anchor_generator(
     if len({len(level) for level in anchor_sizes}) != 1:
         raise ConfigError("anchor_sizes must give the same number of sizes on every level (one RPN head is shared).")
     ratios = tuple(float(r) for r in aspect_ratios)
-    return AnchorGenerator(sizes=anchor_sizes, aspect_ratios=(ratios,) * len(anchor_sizes))
+    return StridedAnchorGenerator(sizes=anchor_sizes, aspect_ratios=(ratios,) * len(anchor_sizes),
+                                  strides=strides)
+
+
+class StridedAnchorGenerator(AnchorGenerator):
+    """torchvision's ``AnchorGenerator`` with the strides given instead of inferred.
+
+    Level ``l`` of stride ``s_l`` has its anchors centred at ``(j s_l, i s_l)`` for every cell
+    ``(i, j)`` of its map (the release's centres, mmdet 2.x), shaped by torchvision's cell
+    anchors (sizes x aspect ratios, corners rounded to whole pixels). torchvision infers
+    ``s_l = padded_size // grid_size``: a 600 px padded height with a 10-row stride-64 map gives
+    60, and the anchors drift off the objects they were meant for. Anchors are float32 whatever
+    the feature maps' dtype (under autocast they would otherwise be bf16 / fp16).
+    """
+
+    def __init__(self, sizes, aspect_ratios, strides: Sequence[int]) -> None:
+        super().__init__(sizes=sizes, aspect_ratios=aspect_ratios)
+        self.strides = tuple(int(s) for s in strides)
+        if len(self.strides) != len(self.sizes):
+            raise ConfigError(
+                f"anchors: {len(self.sizes)} levels of sizes but {len(self.strides)} strides "
+                f"{self.strides}: give one stride per feature level."
+            )
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        if len(feature_maps) != len(self.strides):
+            raise ConfigError(
+                f"the anchor generator was built for {len(self.strides)} levels (strides "
+                f"{self.strides}) but got {len(feature_maps)} feature maps."
+            )
+        device = feature_maps[0].device
+        grid_sizes = [fm.shape[-2:] for fm in feature_maps]
+        strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
+        self.set_cell_anchors(torch.float32, device)
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [anchors for _ in image_list.image_sizes]
+
+    def extra_repr(self) -> str:
+        return f"strides={self.strides}"
+
+
+class RoIAlignPooler(nn.Module):
+    """Multi-scale RoIAlign on feature maps of known strides (a drop-in for torchvision's
+    ``MultiScaleRoIAlign``).
+
+    Each RoI of size ``w x h`` goes to the level ``k = floor(k0 + log2(sqrt(w h) / 224))``
+    clamped to the levels given (torchvision's and FPN's rule; with ``k0 = 4`` it is the
+    release's ``floor(log2(sqrt(w h) / 56))`` counted from stride 4), and is pooled to
+    ``output_size`` by ``roi_align`` at scale ``1 / stride``.
+
+    Args:
+        featmap_names: the levels to pool from, finest first.
+        strides: their strides (powers of two, consecutive).
+        output_size: 7.
+        sampling_ratio: bilinear samples per bin side; 0 = adaptive (``ceil(bin size)``, the
+            release's mmcv setting); torchvision's Faster R-CNN uses 2.
+        aligned: shift the box by half a pixel so that pixel centres sit at ``+0.5`` (the
+            release: True; torchvision's Faster R-CNN: False).
+    """
+
+    def __init__(self, featmap_names: Sequence[str], strides: Sequence[int], output_size: int = 7,
+                 sampling_ratio: int = 0, aligned: bool = True, canonical_scale: int = 224,
+                 canonical_level: int = 4) -> None:
+        super().__init__()
+        if len(featmap_names) != len(strides):
+            raise ConfigError(
+                f"RoIAlign: {len(featmap_names)} feature maps but {len(strides)} strides."
+            )
+        self.featmap_names = [str(n) for n in featmap_names]
+        self.strides = tuple(int(s) for s in strides)
+        self.output_size = (int(output_size), int(output_size))
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = bool(aligned)
+        levels = [math.log2(s) for s in self.strides]
+        self.map_levels = initLevelMapper(int(levels[0]), int(levels[-1]),
+                                          canonical_scale=canonical_scale,
+                                          canonical_level=canonical_level)
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor],
+                image_shapes: list[tuple[int, int]]) -> Tensor:
+        """``x``: the feature maps by name; ``boxes``: per image ``(N_i, 4)`` xyxy input pixels.
+        Returns ``(sum N_i, C, 7, 7)`` float32."""
+        features = [x[name] for name in self.featmap_names]
+        boxes = [b.float() for b in boxes]
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1)
+                          for i, b in enumerate(boxes)])
+        levels = self.map_levels(boxes)
+        out = rois.new_zeros((rois.shape[0], features[0].shape[1], *self.output_size))
+        for level, (feature, stride) in enumerate(zip(features, self.strides)):
+            index = torch.where(levels == level)[0]
+            pooled = roi_align(feature, rois[index], self.output_size, spatial_scale=1.0 / stride,
+                               sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+            out[index] = pooled.to(out.dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"featmap_names={self.featmap_names}, strides={self.strides}, "
+                f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio}, "
+                f"aligned={self.aligned}")
+
+
+def init_roi_head_like_release(box_head: nn.Module, box_predictor: nn.Module) -> None:
+    """The release's RoI head initialisation: the two FC layers Xavier-uniform (zero bias), the
+    classifier ``N(0, 0.01)`` and the box regressor ``N(0, 0.001)`` (zero biases)."""
+    for module in box_head.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    nn.init.normal_(box_predictor.cls_score.weight, std=0.01)
+    nn.init.zeros_(box_predictor.cls_score.bias)
+    nn.init.normal_(box_predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(box_predictor.bbox_pred.bias)
 
 
 class AssignerRPN(RegionProposalNetwork):
@@ -94,7 +223,9 @@ class AssignerRPN(RegionProposalNetwork):
     objectness logit and box deltas ``(dx, dy, dw, dh)`` (``BoxCoder`` weights 1); training
     samples ``batch_size_per_image`` anchors per image (``positive_fraction`` of them positive
     at most) and returns ``loss_objectness`` (binary cross-entropy) and ``loss_rpn_box_reg``
-    (smooth L1, beta 1/9, on positives, divided by the sample count).
+    (on the positives' deltas, divided by the sample count: smooth L1 with beta 1/9 as in
+    torchvision, or plain L1 as in the release, ``box_loss``). Anchors, box decoding, the
+    assignment, sampling and both losses run in float32 whatever autocast does to the head.
 
     The assigner receives the anchors and the ground truth in network-input pixels (after the
     transform's resize): ``assigner.assign(anchors (A, 4), gt_boxes (K, 4)) -> (A,)`` in
@@ -109,6 +240,7 @@ class AssignerRPN(RegionProposalNetwork):
             per level before NMS, and per image after it.
         nms_thresh: NMS IoU between proposals (0.7).
         score_thresh: minimum objectness probability of a proposal (0.0).
+        box_loss: ``"smooth_l1"`` (torchvision) or ``"l1"`` (the release's MOQAM branch).
     """
 
     def __init__(
@@ -123,7 +255,10 @@ class AssignerRPN(RegionProposalNetwork):
         post_nms_top_n: dict[str, int] | None = None,
         nms_thresh: float = 0.7,
         score_thresh: float = 0.0,
+        box_loss: str = "smooth_l1",
     ):
+        if box_loss not in RPN_BOX_LOSSES:
+            raise ConfigError(f"rpn_box_loss={box_loss!r}: choose one of {RPN_BOX_LOSSES}.")
         super().__init__(
             anchor_generator,
             head,
@@ -139,9 +274,57 @@ class AssignerRPN(RegionProposalNetwork):
         # The parent builds a fixed Matcher; this RPN has no such attribute, only the assigner.
         del self.proposal_matcher
         self.assigner = assigner
+        self.box_loss = box_loss
 
     def extra_repr(self) -> str:
-        return f"assigner={self.assigner!r}"
+        return f"assigner={self.assigner!r}, box_loss={self.box_loss!r}"
+
+    def forward(self, images: ImageList, features: dict[str, Tensor],
+                targets: list[dict[str, Tensor]] | None = None
+                ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """torchvision's RPN forward, with the head's outputs taken to float32 before any box
+        arithmetic. Returns per-image proposals ``(N_i, 4)`` float32 and, in training,
+        ``{"loss_objectness", "loss_rpn_box_reg"}``."""
+        feature_list = list(features.values())
+        objectness, deltas = self.head(feature_list)
+        anchors = self.anchor_generator(images, feature_list)
+        anchors = [a.float() for a in anchors]
+        num_images = len(anchors)
+        num_anchors_per_level = [o[0].numel() for o in objectness]
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        objectness, deltas = objectness.float(), deltas.float()
+        proposals = self.box_coder.decode(deltas.detach(), anchors).view(num_images, -1, 4)
+        boxes, _ = self.filter_proposals(proposals, objectness, images.image_sizes,
+                                         num_anchors_per_level)
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("targets should not be None in training mode")
+            targets = [{**t, "boxes": t["boxes"].float()} for t in targets]
+            labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors, targets)
+            regression_targets = self.box_coder.encode(matched_gt_boxes, anchors)
+            loss_objectness, loss_box = self.compute_loss(objectness, deltas, labels,
+                                                          regression_targets)
+            losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
+        return boxes, losses
+
+    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Sample anchors, then ``(BCE on the sample, box loss on its positives / sample
+        size)``; the box loss is torchvision's smooth L1 or the release's L1 (``box_loss``)."""
+        if self.box_loss == "smooth_l1":
+            return super().compute_loss(objectness, pred_bbox_deltas, labels, regression_targets)
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        sampled_pos = torch.where(torch.cat(sampled_pos, dim=0))[0]
+        sampled_neg = torch.where(torch.cat(sampled_neg, dim=0))[0]
+        sampled = torch.cat([sampled_pos, sampled_neg], dim=0)
+        labels_all = torch.cat(labels, dim=0)
+        targets_all = torch.cat(regression_targets, dim=0)
+        box_loss = F.l1_loss(pred_bbox_deltas[sampled_pos], targets_all[sampled_pos],
+                             reduction="sum") / max(sampled.numel(), 1)
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled],
+                                                             labels_all[sampled])
+        return objectness_loss, box_loss
 
     def assign_targets_to_anchors(
         self, anchors: list[Tensor], targets: list[dict[str, Tensor]]
@@ -243,22 +426,35 @@ class CBSCRRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """torchvision's ``RoIHeads.forward``; in training with CB-SCR, also ``loss_cb_scr``."""
-        if not self.training or self.cb_scr is None:
-            return super().forward(features, proposals, image_shapes, targets)
-        if targets is None:
-            raise ValueError("targets should not be None in training mode")
-        for t in targets:
-            if not t["boxes"].is_floating_point():
-                raise TypeError(f"target boxes must be of float type, got {t['boxes'].dtype}")
-            if t["labels"].dtype != torch.int64:
-                raise TypeError(f"target labels must be int64, got {t['labels'].dtype}")
-        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        """torchvision's ``RoIHeads.forward`` for a box head, with the proposals, the sampling,
+        the box decoding and the losses in float32 (whatever autocast does to the FC layers);
+        in training with CB-SCR, also ``loss_cb_scr``."""
+        proposals = [p.float() for p in proposals]
+        if self.training:
+            if targets is None:
+                raise ValueError("targets should not be None in training mode")
+            for t in targets:
+                if not t["boxes"].is_floating_point():
+                    raise TypeError(f"target boxes must be of float type, got {t['boxes'].dtype}")
+                if t["labels"].dtype != torch.int64:
+                    raise TypeError(f"target labels must be int64, got {t['labels'].dtype}")
+            targets = [{**t, "boxes": t["boxes"].float()} for t in targets]
+            proposals, _, labels, regression_targets = self.select_training_samples(proposals,
+                                                                                     targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))  # (R, 1024)
         class_logits, box_regression = self.box_predictor(box_features)  # (R, C), (R, 4C)
-        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-        loss_cb_scr = self.cb_scr(box_features, torch.cat(labels, dim=0), self.class_weights())
-        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_cb_scr": loss_cb_scr}
+        class_logits, box_regression = class_logits.float(), box_regression.float()
+        if self.training:
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels,
+                                                          regression_targets)
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+            if self.cb_scr is not None:
+                losses["loss_cb_scr"] = self.cb_scr(box_features, torch.cat(labels, dim=0),
+                                                    self.class_weights())
+            return [], losses
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression,
+                                                            proposals, image_shapes)
+        return [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)], {}
 
 
 class TwoStageDetector(GeneralizedRCNN):
