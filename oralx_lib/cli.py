@@ -1,4 +1,4 @@
-"""Command line: ``python -m oralx_lib {train,evaluate,predict,synthesize,download,verify,split}``.
+"""Command line: ``python -m oralx_lib {train,evaluate,predict,synthesize,download,verify,split,grade}``.
 
 A mistake the user can fix (a bad path, setting or file) prints ``error: <what and how to fix>``
 on stderr and exits with status 2, without a traceback. ``torchrun --nproc_per_node N -m
@@ -55,6 +55,8 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
                "check a dataset folder: layout, JSON, images, classes"),
     "split": ("oralx_lib.data.real", "split_main",
               "carve a test split out of val"),
+    "grade": ("oralx_lib.grading", "main",
+              "grade students' chapter notebooks with the self-checks (CSV)"),
 }
 
 
