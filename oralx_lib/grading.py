@@ -43,7 +43,6 @@ import ast
 import csv
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -51,7 +50,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import ConfigError, repo_root
+from .errors import ConfigError
+from .files import atomic_write
+from .paths import repo_root
 
 #: Columns of the grades file, in order.
 COLUMNS = ("student", "submission", "chapter", "exercise", "check", "status", "message")
@@ -568,13 +569,11 @@ def _relative(path: Path) -> str:
 
 def write_grades(grades: Iterable[Grade], out: Path) -> None:
     """Write the CSV atomically (a temporary file renamed into place)."""
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    with atomic_write(out, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         for g in grades:
             writer.writerow(g.row())
-    os.replace(tmp, out)
 
 
 def summary(grades: Sequence[Grade]) -> str:
