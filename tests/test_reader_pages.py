@@ -55,3 +55,18 @@ def test_glossary_terms_are_sorted_and_defined_once():
     assert len(terms) > 40
     assert terms == sorted(terms, key=str.lower)
     assert len(set(t.lower() for t in terms)) == len(terms)
+
+
+def test_attention_primer_code_runs():
+    text = (BOOK / "attention_primer.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "attention_primer.md", "exec"), {})
+
+
+def test_attention_primer_comes_right_before_the_complete_model():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    moqam = next(f for f in files if f.endswith("_moqam"))
+    assert files[files.index(moqam) - 1] == "book/attention_primer"
