@@ -275,7 +275,7 @@ def _grader_source(checks: Sequence[tuple[Check, bool]], *, final: bool, timeout
     return f'''\
 def _oralx_grade(checks, final, timeout):
     import json
-    from oralx_lib import selfcheck as _selfcheck
+    from oralx_lib.book import selfcheck as _selfcheck
     missing = globals().setdefault("_oralx_grade_missing", set())
     for exercise, name, call, always in checks:
         if final and not always and (exercise, call) not in missing:

@@ -53,7 +53,7 @@ def key_notebook() -> nbformat.NotebookNode:
         new_markdown_cell("# A chapter\n\n## Exercises"),
         new_markdown_cell(STATEMENT_CONVERT),
         new_markdown_cell("```{solution-start} t-ex-convert\n:class: dropdown\n```"),
-        new_code_cell("from oralx_lib import selfcheck\n\n\n" + CORRECT
+        new_code_cell("from oralx_lib.book import selfcheck\n\n\n" + CORRECT
                       + "\n\nselfcheck.check_coco_to_xyxy(coco_to_xyxy)"),
         new_markdown_cell("```{solution-end}\n```"),
         new_markdown_cell(STATEMENT_THINK),
