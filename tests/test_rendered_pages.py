@@ -1,7 +1,7 @@
 """The built site (``make book`` -> ``_build/html``), read as a browser gets it: every image has
 an alt text that describes it, every figure of a chapter a numbered caption, maths comes from
 the site itself, and no page shows the build machine's folders. Skipped when the site has not
-been built; run ``make book`` first."""
+been built; run ``make book`` first (or point ``ORALX_SITE_HTML`` at a built site)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HTML = ROOT / "_build" / "html"
+#: The site to check: ``_build/html`` of this checkout, or ``$ORALX_SITE_HTML``.
+HTML = Path(os.environ.get("ORALX_SITE_HTML") or ROOT / "_build" / "html")
 PAGES = sorted(HTML.rglob("*.html")) if HTML.is_dir() else []
 CHAPTER_PAGES = [p for p in PAGES if re.match(r"\d\d_", p.name)]
 NOT_A_DESCRIPTION = re.compile(r"^\s*$|\.(png|jpe?g|svg|gif)\s*$|^[0-9a-f]{16,}|^_images/",
