@@ -4,6 +4,7 @@ describing alt text on every figure, and the notation page's symbols."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -45,6 +46,14 @@ def test_every_figure_has_a_name_a_caption_and_an_alt_text(path):
     for cell in figures:
         where = f"{path.name}, cell {cell['id']}"
         assert _source(cell).count("plt.show()") == 1, f"{where}: one figure per cell"
+        # myst-nb puts every displayed output of the cell in the figure: the image must be the
+        # only one (a table as the cell's value, or a progress widget, belongs in another cell)
+        last = ast.parse(_source(cell)).body[-1]
+        assert not (isinstance(last, ast.Expr) and not (
+            isinstance(last.value, ast.Call)
+            and ast.unparse(last.value.func) in ("plt.show", "print"))), \
+            f"{where}: the cell's last line displays a value; move it to a cell of its own"
+        assert "display(" not in _source(cell), where
         meta = cell["metadata"].get("mystnb", {})
         name = meta.get("figure", {}).get("name", "")
         caption = meta.get("figure", {}).get("caption", "")

@@ -41,6 +41,7 @@ from oralx_lib import __version__
 from oralx_lib.data import collate_fn
 from oralx_lib.evaluation import evaluate_coco
 from oralx_lib.errors import ConfigError, TrainingError
+from oralx_lib.paths import shown
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -562,7 +563,7 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
             state = load_checkpoint(last, map_location="cpu")
             run.restore(state)
         elif resume and ctx.is_main and progress:
-            tqdm.write(f"note: no {last} yet; starting from scratch.")
+            tqdm.write(f"note: no {shown(last)} yet; starting from scratch.")
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             config.to_json(out / "config.json")
