@@ -86,12 +86,15 @@ def environment_key(root: Path) -> str:
 
 
 def notebook_key(path: Path, env_key: str) -> str:
-    """The cache key of one chapter: its cells' sources and types, plus ``env_key``."""
+    """The cache key of one chapter: its cells' sources and types, their rendering metadata
+    (``mystnb``: figure captions and alt texts, which the executed copy carries to the site),
+    plus ``env_key``."""
     nb = nbformat.read(path, as_version=4)
     h = hashlib.sha256(env_key.encode())
     for cell in nb.cells:
         h.update(cell.cell_type.encode())
         h.update(cell.source.encode())
+        h.update(json.dumps(cell.get("metadata", {}).get("mystnb"), sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -1,5 +1,5 @@
 """Command line: ``python -m oralx_lib {train,evaluate,predict,synthesize,download,verify,split,
-convert-release}``.
+convert-release,grade}``.
 
 A mistake the user can fix (a bad path, setting or file) prints ``error: <what and how to fix>``
 on stderr and exits with status 2, without a traceback. ``torchrun --nproc_per_node N -m
@@ -65,6 +65,8 @@ FORWARDED: dict[str, tuple[str, str, str]] = {
               "carve a test split out of val"),
     "convert-release": ("oralx_lib.release.convert", "convert_release_main",
                         "convert the authors' MOQAM checkpoint into an oralx_lib checkpoint"),
+    "grade": ("oralx_lib.grading", "main",
+              "grade students' chapter notebooks with the self-checks (CSV)"),
 }
 #: ``download --checkpoints``: the authors' checkpoints instead of the dataset.
 CHECKPOINTS_DOWNLOAD = ("oralx_lib.release.download", "download_checkpoints_main")

@@ -46,6 +46,7 @@ from scipy.optimize import linear_sum_assignment
 
 from oralx_lib import CLASSES
 from oralx_lib.errors import EvaluationError
+from oralx_lib.palette import CLASS_COLORS, LINESTYLES
 
 #: Row / column names of :func:`confusion_matrix`: the nine classes, then background.
 CONFUSION_NAMES: tuple[str, ...] = (*CLASSES, "background")
@@ -408,13 +409,14 @@ def plot_pr_curves(source, *, iou: float | str = 0.5, max_dets: int = 100, ax=No
         fig, ax = plt.subplots(figsize=(6.5, 5))
     else:
         fig = ax.figure
-    colors = plt.get_cmap("tab10")
     for i, name in enumerate(CLASSES):
         curve = curves.get(name)
         if curve is None:
             continue
         recall, precision = curve
-        ax.plot(recall, precision, color=colors(i), lw=1.8,
+        # the class's colour and a line style: classes differ by more than colour
+        ax.plot(recall, precision, color=CLASS_COLORS[name], lw=1.8,
+                linestyle=LINESTYLES[i % len(LINESTYLES)],
                 label=f"{name} (AP {float(np.mean(precision)):.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
            title=title or f"Precision-recall per class, IoU {iou}")

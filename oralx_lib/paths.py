@@ -45,3 +45,58 @@ def runs_root() -> Path:
         return Path(env).expanduser()
     root = repo_root()
     return (root if root is not None else Path.cwd()) / "runs"
+
+
+def _anchors() -> list[tuple[Path, str]]:
+    """Folders whose absolute path a page should not show, with what to show instead, the most
+    specific first: ``$ORALX_DATA``, ``$ORALX_RUNS``, the checkout (relative paths), home."""
+    anchors = []
+    for name in ("ORALX_DATA", "ORALX_RUNS"):
+        if os.environ.get(name):
+            anchors.append((Path(os.environ[name]).expanduser(), f"${name}"))
+    root = repo_root()
+    if root is not None:
+        anchors.append((root, "."))
+    anchors.append((Path.home(), "~"))
+    return anchors
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as a page should print it: relative to the checkout (``data/synthetic``),
+    under ``$ORALX_DATA`` / ``$ORALX_RUNS`` when it lies there, or under ``~``; other paths
+    unchanged. Printed outputs then say the same on every machine and reveal no user's
+    folders."""
+    path = Path(path).expanduser()
+    candidates = [path]
+    if path.is_absolute():
+        try:
+            candidates.append(path.resolve())
+        except OSError:
+            pass
+    for anchor, label in _anchors():
+        for folder in dict.fromkeys((anchor, anchor.resolve())):
+            for p in candidates:
+                try:
+                    rest = p.relative_to(folder)
+                except ValueError:
+                    continue
+                if label == ".":
+                    return rest.as_posix() or "."
+                return label if str(rest) == "." else f"{label}/{rest.as_posix()}"
+    return str(path)
+
+
+def shown_in(text: str) -> str:
+    """``text`` (a command's output, an error message) with every absolute path under the
+    folders of :func:`shown` written as :func:`shown` writes it."""
+    replacements = []
+    for anchor, label in _anchors():
+        for folder in dict.fromkeys((str(anchor), str(anchor.resolve()))):
+            if folder not in ("", "/"):
+                replacements.append((folder.rstrip("/"), label))
+    for folder, label in sorted(replacements, key=lambda r: -len(r[0])):
+        if label == ".":
+            text = text.replace(folder + "/", "").replace(folder, ".")
+        else:
+            text = text.replace(folder, label)
+    return text

@@ -29,6 +29,22 @@ def test_notebook_key_follows_cells_and_environment(tmp_path):
     assert bookbuild.notebook_key(a, "env") != key
 
 
+def test_notebook_key_follows_a_figure_caption(tmp_path):
+    # the site shows the executed copy, so a new caption or alt text must re-stage it
+    a = _notebook(tmp_path / "a.ipynb", "x = 1")
+    key = bookbuild.notebook_key(a, "env")
+    nb = nbformat.read(a, as_version=4)
+    nb.cells[0].metadata["mystnb"] = {"image": {"alt": "a plot of x"}}
+    nbformat.write(nb, a)
+    assert bookbuild.notebook_key(a, "env") != key
+    nb.cells[0].metadata["tags"] = ["hide-input"]
+    nbformat.write(nb, a)
+    with_tag = bookbuild.notebook_key(a, "env")
+    nb.cells[0].metadata["tags"] = []
+    nbformat.write(nb, a)
+    assert bookbuild.notebook_key(a, "env") == with_tag  # other metadata does not count
+
+
 def test_environment_key_follows_the_profile(monkeypatch, tmp_path):
     monkeypatch.setenv("ORALX_DATA", str(tmp_path))
     monkeypatch.setenv("ORALX_PROFILE", "fast")

@@ -17,6 +17,7 @@ from torch import Tensor
 from .. import CLASSES
 from ..errors import ConfigError
 from .eval_stats import ERROR_TYPES, class_mean_angles, classify_detections
+from ..palette import CYCLE, STATUS_STYLES
 from .figures import CLASS_COLORS, draw_boxes
 
 
@@ -36,7 +37,7 @@ def plot_sphere(ax, features: Tensor, labels: Tensor, *, centers: Tensor | None 
                       linewidth=0.4)
     num = int(labels.max()) + 1
     counts = torch.bincount(labels, minlength=num)
-    colors = list(colors) if colors is not None else [plt.get_cmap("tab10")(k % 10)
+    colors = list(colors) if colors is not None else [CYCLE[k % len(CYCLE)]
                                                       for k in range(num)]
     z = features.detach().cpu().numpy()
     for k in range(num):
@@ -97,18 +98,22 @@ def plot_embedding(ax, points: Tensor, labels: Tensor, *, title: str | None = No
     return ax
 
 
-#: Colours of the kinds, and of a missed ground-truth box.
-ERROR_COLORS: dict[str, str] = {"correct": "#2ca02c", "duplicate": "#17becf",
-                                "class": "#ff7f0e", "localisation": "#9467bd",
-                                "background": "#d62728", "missed": "#ffdd00"}
+#: Colour and line style of each kind, and of a missed ground-truth box: no two kinds share
+#: either, so the kind never rests on colour alone (oralx_lib.palette.STATUS_STYLES).
+ERROR_STYLES: dict[str, dict] = {k: STATUS_STYLES[k] for k in
+                                 ("correct", "duplicate", "class", "localisation", "background",
+                                  "missed")}
+#: The colours alone, for bar charts of the kinds.
+ERROR_COLORS: dict[str, str] = {k: v["color"] for k, v in ERROR_STYLES.items()}
 
 
 def render_errors(dataset, index: int, prediction: Mapping[str, Tensor], *,
                   score_thr: float = 0.3, iou_thr: float = 0.5, ax=None, width: float = 11.0):
     """Item ``index`` with its ground truth (class colours, thin; missed boxes yellow, thick)
-    and the detections with ``score >= score_thr`` coloured by kind
+    and the detections with ``score >= score_thr`` in the colour and line style of their kind
     (:func:`classify_detections`). Returns the figure."""
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
 
     image, target = dataset[index]
     h, w = image.shape[-2:]
@@ -122,19 +127,22 @@ def render_errors(dataset, index: int, prediction: Mapping[str, Tensor], *,
         if missed:
             x1, y1, x2, y2 = box
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=2.6,
-                                   edgecolor=ERROR_COLORS["missed"]))
+                                   edgecolor=ERROR_STYLES["missed"]["color"],
+                                   linestyle=ERROR_STYLES["missed"]["linestyle"]))
     boxes = torch.as_tensor(prediction["boxes"]).reshape(-1, 4)
     for det, kind in zip(res["kept"].tolist(), res["kinds"]):
         x1, y1, x2, y2 = boxes[det].tolist()
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.6,
-                               linestyle="--", edgecolor=ERROR_COLORS[kind]))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.8,
+                               linestyle=ERROR_STYLES[kind]["linestyle"],
+                               edgecolor=ERROR_STYLES[kind]["color"]))
     counts = {k: res["kinds"].count(k) for k in ERROR_TYPES}
     counts["missed"] = int(res["missed"].sum())
-    handles = [Patch(facecolor="none", edgecolor=ERROR_COLORS[k], linewidth=2,
-                     label=f"{k} ({counts[k]})") for k in (*ERROR_TYPES, "missed")]
+    handles = [Line2D([], [], color=ERROR_STYLES[k]["color"], linewidth=2,
+                      linestyle=ERROR_STYLES[k]["linestyle"], label=f"{k} ({counts[k]})")
+               for k in (*ERROR_TYPES, "missed")]
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
     ax.set_title(f"item {index}: {len(target['labels'])} boxes (solid, class colours); "
-                 f"detections with score >= {score_thr:.2f} (dashed) by kind at IoU {iou_thr}",
+                 f"detections with score >= {score_thr:.2f} by kind (colour and line style) at IoU {iou_thr}",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig

@@ -11,16 +11,11 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.colors import to_hex
-
 from .. import CLASSES
+from ..palette import CLASS_COLORS, OKABE_ITO, text_color
 
-
-#: One colour per class (label ``k`` uses ``CLASS_COLORS[CLASSES[k - 1]]``): tab10 with its gray
-#: (invisible on an X-ray) replaced by cyan.
-CLASS_COLORS: dict[str, str] = {
-    name: to_hex(plt.get_cmap("tab10")(9 if i == 7 else i)) for i, name in enumerate(CLASSES)
-}
+# CLASS_COLORS (label ``k`` uses ``CLASS_COLORS[CLASSES[k - 1]]``) is oralx_lib.palette's:
+# colour-blind-safe, and every box also carries its class name.
 
 
 #: Short names for crowded figures.
@@ -87,7 +82,7 @@ def draw_boxes(ax, image, boxes=None, labels=None, scores=None, *,
             text = SHORT_NAMES[name] if short_names else name
             if sc is not None:
                 text += f" {sc[i]:.2f}"
-            ax.text(x1, y1 - 2, text, color="white", fontsize=fontsize, va="bottom",
+            ax.text(x1, y1 - 2, text, color=text_color(color), fontsize=fontsize, va="bottom",
                     bbox=dict(facecolor=color, edgecolor="none", pad=0.8, alpha=0.85))
     return ax
 
@@ -219,7 +214,7 @@ def plot_boxes_per_image(per_image, ax=None, *, title: str | None = None):
         _, ax = plt.subplots(figsize=(5, 3.2))
     per_image = np.asarray(per_image)
     bins = np.arange(per_image.max() + 2) - 0.5 if len(per_image) else 10
-    ax.hist(per_image, bins=bins, color="#4c72b0", edgecolor="white")
+    ax.hist(per_image, bins=bins, color=OKABE_ITO["blue"], edgecolor="white")
     ax.axvline(per_image.mean(), color="k", linestyle="--", linewidth=1)
     ax.text(per_image.mean(), ax.get_ylim()[1] * 0.95, f" mean {per_image.mean():.1f}",
             va="top", fontsize=8)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import CLASSES
+from ..palette import CYCLE, LINESTYLES, OKABE_ITO
 from .figures import CLASS_COLORS, class_legend, draw_boxes
 from .moqam_stats import CollaborativeView, LOSS_FAMILIES, QueryInspection, top_queries
 
@@ -27,10 +28,13 @@ def plot_loss_families(table: pd.DataFrame, ax=None, *, title: str | None = None
                               fill_value=0.0)
     pivot = pivot.reindex([f for f in LOSS_FAMILIES if f in pivot.index])
     left = np.zeros(len(pivot))
-    colors = plt.get_cmap("tab10")
+    hatches = ("", "//", "..", "xx", "\\\\", "++", "oo", "--")
     for i, term in enumerate(pivot.columns):
         values = pivot[term].to_numpy()
-        ax.barh(pivot.index, values, left=left, color=colors(i % 10), label=term)
+        # colour and hatch together tell the terms apart, also in grayscale
+        ax.barh(pivot.index, values, left=left, color=CYCLE[i % len(CYCLE)],
+                hatch=hatches[(i // len(CYCLE) + i) % len(hatches)], edgecolor="white",
+                label=term)
         left += values
     for y, total in enumerate(left):
         ax.text(total, y, f" {total:.2f}", va="center", fontsize=8)
@@ -49,8 +53,14 @@ def plot_family_history(frame: pd.DataFrame, ax=None, *, smooth: int = 1,
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 3.6))
     data = frame.rolling(smooth, min_periods=1).mean() if smooth > 1 else frame
+    others = [c for c in data.columns if c != "total"]
     for column in data.columns:
-        style = dict(color="black", lw=2.0) if column == "total" else dict(lw=1.2)
+        if column == "total":
+            style = dict(color="black", lw=2.0)
+        else:
+            k = others.index(column)
+            style = dict(lw=1.3, color=CYCLE[k % (len(CYCLE) - 2)],
+                         linestyle=LINESTYLES[k % len(LINESTYLES)])
         ax.plot(data.index, data[column], label=column, **style)
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="loss (log scale)")
@@ -64,8 +74,9 @@ def plot_family_history(frame: pd.DataFrame, ax=None, *, smooth: int = 1,
 # Figures
 # ------------------------------------------------------------------------------------------
 def _query_colors(n: int):
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
+    # no black (the points are drawn on an X-ray), then the cycle again
+    colors = [c for c in CYCLE if c != OKABE_ITO["black"]]
+    return [colors[i % len(colors)] for i in range(n)]
 
 
 def draw_sampling_points(ax, inspection: QueryInspection, queries: Sequence[int], *,
@@ -155,10 +166,10 @@ def plot_attention_mask(ax, mask: Tensor, *, num_groups: int, group_size: int,
     dn = num_groups * group_size
     for g in range(num_groups + 1):
         pos = g * group_size - 0.5
-        ax.axhline(pos, color="tab:orange", lw=0.6)
-        ax.axvline(pos, color="tab:orange", lw=0.6)
-    ax.axhline(dn - 0.5, color="tab:red", lw=1.2)
-    ax.axvline(dn - 0.5, color="tab:red", lw=1.2)
+        ax.axhline(pos, color=OKABE_ITO["orange"], lw=0.6, linestyle=":")
+        ax.axvline(pos, color=OKABE_ITO["orange"], lw=0.6, linestyle=":")
+    ax.axhline(dn - 0.5, color=OKABE_ITO["blue"], lw=1.4)
+    ax.axvline(dn - 0.5, color=OKABE_ITO["blue"], lw=1.4)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
     ticks = [g * group_size + group_size / 2 - 0.5 for g in range(num_groups)]

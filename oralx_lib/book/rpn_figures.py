@@ -16,6 +16,7 @@ from torchvision.ops import box_iou
 
 from .. import CLASSES
 from ..models import DynamicIoUAssigner
+from ..palette import OKABE_ITO, STATUS_STYLES, text_color
 from .figures import CLASS_COLORS, SHORT_NAMES, to_numpy_image
 from .rpn_stats import (
     NetworkView,
@@ -28,8 +29,9 @@ from .rpn_stats import (
 )
 
 
-#: Colours of the three anchor labels in the figures.
-ASSIGNMENT_COLORS = {"positive": "#ffe600", "ignored": "#ff4dff", "negative": "#d62728"}
+#: Colour and line style of the three anchor labels in the figures (oralx_lib.palette).
+ASSIGNMENT_STYLES = {k: STATUS_STYLES[k] for k in ("positive", "ignored", "negative")}
+ASSIGNMENT_COLORS = {k: v["color"] for k, v in ASSIGNMENT_STYLES.items()}
 
 
 def plot_recall(tables: Mapping[str, pd.DataFrame], by: str = "size", *, ax=None,
@@ -104,9 +106,10 @@ def draw_assignment(ax, view: NetworkView, matches: Tensor, *, region: Sequence[
     shown = torch.as_tensor(keep_gt, dtype=torch.int64)
     if gt_index is not None:
         is_pos &= torch.isin(matches, shown.to(matches.dtype))
-    kinds = [("positive", is_pos, "-", 1.2, max_positive)]
+    kinds = [("positive", is_pos, ASSIGNMENT_STYLES["positive"]["linestyle"], 1.2, max_positive)]
     if show_ignored:
-        kinds.insert(0, ("ignored", is_ignored, "--", 0.6, max_ignored))
+        kinds.insert(0, ("ignored", is_ignored, ASSIGNMENT_STYLES["ignored"]["linestyle"], 0.7,
+                         max_ignored))
     for kind, mask, style, lw, limit in kinds:
         idx = torch.nonzero(mask).flatten()
         if len(idx) and len(shown):
@@ -126,7 +129,8 @@ def draw_assignment(ax, view: NetworkView, matches: Tensor, *, region: Sequence[
         name = CLASSES[int(view.labels[k]) - 1]
         ax.add_patch(plt.Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False,
                                    edgecolor=CLASS_COLORS[name], linewidth=2.4))
-        ax.text(bx1, by1 - 1, SHORT_NAMES[name], color="white", fontsize=7, va="bottom",
+        ax.text(bx1, by1 - 1, SHORT_NAMES[name], color=text_color(CLASS_COLORS[name]),
+                fontsize=7, va="bottom",
                 bbox=dict(facecolor=CLASS_COLORS[name], edgecolor="none", pad=0.6, alpha=0.85))
     ax.set_xlim(x1, x2)
     ax.set_ylim(y2, y1)
@@ -142,14 +146,17 @@ def assignment_legend(ax_or_fig, **kwargs):
     """Legend for :func:`draw_assignment`: positive, ignored, ground truth."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=ASSIGNMENT_COLORS["positive"], label="positive anchor"),
-               Line2D([], [], color=ASSIGNMENT_COLORS["ignored"], linestyle="--",
+    handles = [Line2D([], [], **ASSIGNMENT_STYLES["positive"], label="positive anchor"),
+               Line2D([], [], **ASSIGNMENT_STYLES["ignored"],
                       label="ignored anchor (0.3 <= IoU < threshold)"),
                Line2D([], [], color="black", linewidth=2.4, label="ground truth (class colour)")]
     return ax_or_fig.legend(handles=handles, fontsize=8, frameon=False, **kwargs)
 
 
-RULE_COLORS = {"fixed 0.7": "#1f77b4", "DI-RPN released": "#d62728", "DI-RPN clamped": "#9467bd"}
+#: The three assignment rules: colours from the Okabe-Ito palette, and each rule's line style.
+RULE_COLORS = {"fixed 0.7": OKABE_ITO["blue"], "DI-RPN released": OKABE_ITO["orange"],
+               "DI-RPN clamped": OKABE_ITO["reddish purple"]}
+RULE_LINESTYLES = {"fixed 0.7": ":", "DI-RPN released": "-", "DI-RPN clamped": "--"}
 
 
 def draw_threshold_setting(axes, size: float, anchors: Tensor, *, offset: tuple[float, float] = (0.0, 0.0),
@@ -185,12 +192,14 @@ def draw_threshold_setting(axes, size: float, anchors: Tensor, *, offset: tuple[
                           color="0.85", label="best anchor IoU (min..max over positions)")
     ax_curve.plot(curve_sizes, best_curve.median(1).values, color="0.4", lw=1.2,
                   label="best anchor IoU (median)")
-    ax_curve.plot(curve_sizes, [0.7] * len(curve_sizes), color=RULE_COLORS["fixed 0.7"], label="fixed 0.7")
+    ax_curve.plot(curve_sizes, [0.7] * len(curve_sizes), color=RULE_COLORS["fixed 0.7"], lw=2,
+                  linestyle=RULE_LINESTYLES["fixed 0.7"], label="fixed 0.7")
     ax_curve.plot(curve_sizes, released.effective_thresholds(curve_boxes), color=RULE_COLORS["DI-RPN released"],
-                  lw=2, label="DI-RPN released: min(0.55, thr(s))")
+                  lw=2, linestyle=RULE_LINESTYLES["DI-RPN released"],
+                  label="DI-RPN released: min(0.55, thr(s))")
     ax_curve.plot(curve_sizes, clamped.effective_thresholds(curve_boxes), color=RULE_COLORS["DI-RPN clamped"],
-                  lw=2, linestyle="--", label="DI-RPN clamped: thr(s)")
-    ax_curve.axhline(0.3, color="k", lw=0.8, linestyle=":")
+                  lw=2, linestyle=RULE_LINESTYLES["DI-RPN clamped"], label="DI-RPN clamped: thr(s)")
+    ax_curve.axhline(0.3, color="k", lw=0.8, linestyle=(0, (1, 3)))
     ax_curve.axvline(size, color="k", lw=1)
     ax_curve.set_xscale("log")
     ax_curve.set_xlabel(r"object size $s=\sqrt{wh}$ (input pixels)")
@@ -213,7 +222,8 @@ def draw_threshold_setting(axes, size: float, anchors: Tensor, *, offset: tuple[
         for box in anchors[matches >= 0].tolist():
             ax_box.add_patch(plt.Rectangle((box[0] - inset, box[1] - inset), box[2] - box[0] + 2 * inset,
                                            box[3] - box[1] + 2 * inset, fill=False, lw=1.2,
-                                           edgecolor=RULE_COLORS.get(name, f"C{k}"), alpha=0.9))
+                                           edgecolor=RULE_COLORS.get(name, f"C{k}"), alpha=0.9,
+                                           linestyle=RULE_LINESTYLES.get(name, "-")))
     gx1, gy1, gx2, gy2 = gt[0].tolist()
     ax_box.add_patch(plt.Rectangle((gx1, gy1), gx2 - gx1, gy2 - gy1, fill=True, facecolor="0.2",
                                    alpha=0.35, edgecolor="k", lw=2))
@@ -224,7 +234,8 @@ def draw_threshold_setting(axes, size: float, anchors: Tensor, *, offset: tuple[
     ax_box.tick_params(labelsize=7)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=RULE_COLORS.get(name, f"C{k}"), label=f"{name} positive")
+    handles = [Line2D([], [], color=RULE_COLORS.get(name, f"C{k}"),
+                      linestyle=RULE_LINESTYLES.get(name, "-"), label=f"{name} positive")
                for k, name in enumerate(rules)]
     ax_box.legend(handles=handles, fontsize=6, loc="lower left", frameon=True, framealpha=0.8)
     thr_released = float(released.effective_thresholds(gt)[0])

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from .. import CLASSES
 from ..errors import DatasetError
+from ..paths import shown
 
 SPLITS = ("train", "val", "test")
 
@@ -489,7 +490,7 @@ class OralXrays9(Dataset):
 
     def __repr__(self) -> str:
         n_boxes = sum(len(r["labels"]) for r in self._records)
-        return (f"OralXrays9(root='{self.root}', split='{self.split}', images={len(self)}, "
+        return (f"OralXrays9(root='{shown(self.root)}', split='{self.split}', images={len(self)}, "
                 f"boxes={n_boxes})")
 
 

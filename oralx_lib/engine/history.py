@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from oralx_lib.files import write_text_atomic
+from oralx_lib.palette import CYCLE, LINESTYLES, OKABE_ITO
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -96,18 +97,21 @@ def plot_history(history_or_jsonl_path, *, out: str | os.PathLike | None = None,
         x = [r["step"] for r in steps]
         ax_loss.plot(x, [r["loss"] for r in steps], color="black", lw=1.6, label="total")
         terms = sorted({k for r in steps for k in r.get("losses", {})})
-        for term in terms:
+        colors = [c for c in CYCLE if c != OKABE_ITO["black"]]  # black is the total
+        for k, term in enumerate(terms):  # colour and line style: never colour alone
             ax_loss.plot(x, [r.get("losses", {}).get(term, float("nan")) for r in steps],
-                         lw=1.0, alpha=0.8, label=term)
+                         lw=1.0, alpha=0.85, label=term, color=colors[k % len(colors)],
+                         linestyle=LINESTYLES[k % len(LINESTYLES)])
         ax_loss.set_xlabel("step")
-        ax_lr.plot(x, [r["lr"] for r in steps], color="tab:purple")
+        ax_lr.plot(x, [r["lr"] for r in steps], color=OKABE_ITO["reddish purple"])
         ax_lr.set_xlabel("step")
     elif epochs:
         x = [r["epoch"] for r in epochs]
         ax_loss.plot(x, [r.get("train_loss", float("nan")) for r in epochs], "o-",
                      color="black", label="train loss (epoch mean)")
         ax_loss.set_xlabel("epoch")
-        ax_lr.plot(x, [r.get("lr", float("nan")) for r in epochs], "o-", color="tab:purple")
+        ax_lr.plot(x, [r.get("lr", float("nan")) for r in epochs], "o-",
+                   color=OKABE_ITO["reddish purple"])
         ax_lr.set_xlabel("epoch")
     ax_loss.set(ylabel="loss", title="training loss")
     if ax_loss.lines:
@@ -117,9 +121,10 @@ def plot_history(history_or_jsonl_path, *, out: str | os.PathLike | None = None,
     evaluated = [r for r in epochs if r.get("val_AP") is not None]
     if evaluated:
         x = [r["epoch"] for r in evaluated]
-        ax_ap.plot(x, [r["val_AP"] for r in evaluated], "o-", label="AP (0.5:0.95)")
+        ax_ap.plot(x, [r["val_AP"] for r in evaluated], "o-", color=OKABE_ITO["blue"],
+                   label="AP (0.5:0.95)")
         ax_ap.plot(x, [r.get("val_AP50", float("nan")) for r in evaluated], "s--",
-                   label="AP50")
+                   color=OKABE_ITO["orange"], label="AP50")
         ax_ap.legend(fontsize=8)
     else:
         ax_ap.text(0.5, 0.5, "no evaluation yet", ha="center", va="center",

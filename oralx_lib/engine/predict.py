@@ -33,13 +33,12 @@ from oralx_lib import CLASSES
 from oralx_lib.data.images import ImageReadError, read_gray
 from oralx_lib.errors import ConfigError
 
+from oralx_lib import palette
 from .distributed import unwrap_model
 
-#: One colour per class (label 1..9), readable on a gray radiograph.
-CLASS_COLORS: tuple[str, ...] = (
-    "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231",
-    "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-)
+#: One colour per class (label 1..9), readable on a gray radiograph and by colour-blind
+#: readers (oralx_lib.palette.CLASS_COLORS, in label order).
+CLASS_COLORS: tuple[str, ...] = tuple(palette.CLASS_COLORS.values())
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: What :func:`predict_images` appends to an image's stem for its overlay and its JSON.
 OVERLAY_SUFFIX, JSON_SUFFIX = ".pred.png", ".pred.json"

@@ -47,6 +47,7 @@ from oralx_lib.evaluation import (
     top_per_image,
 )
 from oralx_lib.errors import ConfigError, TrainingError
+from oralx_lib.paths import shown
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -690,7 +691,7 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
             state = load_checkpoint(last, map_location="cpu")
             run.restore(state)
         elif resume and ctx.is_main and progress:
-            tqdm.write(f"note: no {last} yet; starting from scratch.")
+            tqdm.write(f"note: no {shown(last)} yet; starting from scratch.")
         if state is None and config.init_from:
             run.load_initial_weights(config.init_from)
         if ctx.is_main:
