@@ -61,18 +61,6 @@ def release_state():
     return manifest_state()
 
 
-def per_branch_model(state) -> bool:
-    """Whether the model already has one customised-query projection per branch."""
-    return "aux_query_fc.0.weight" in state
-
-
-def _tiny_moqam_state():
-    from oralx_lib.models import build_model
-    from oralx_lib.profiles import MOQAM_PROFILES
-
-    return build_model("moqam", **MOQAM_PROFILES["tiny"]).state_dict()
-
-
 # ------------------------------------------------------------------------------------------------
 # manifest
 # ------------------------------------------------------------------------------------------------
@@ -199,16 +187,12 @@ def test_prefix_missing_and_damaged_files(tmp_path):
 # ------------------------------------------------------------------------------------------------
 def test_every_manifest_key_maps_with_equal_shapes_and_round_trips(release_state, model_state):
     state, report, dropped = cv.convert_state_dict(release_state, model_state, strict=False)
+    assert len(release_state) == 692
     assert not report.shape_mismatch
-    if per_branch_model(model_state):
-        assert report.ok and not report.no_home and not report.unfilled
-    else:  # until the per-branch projections land (issue 10) exactly these wait
-        assert {k for k, _, _ in report.no_home} == PER_BRANCH_KEYS
-        assert all(why in cv.PENDING_WHY for _, _, why in report.no_home)
-        assert {k for k, _, _ in report.unfilled} == {
-            "aux_query_fc.weight", "aux_query_fc.bias", "aux_query_norm.weight",
-            "aux_query_norm.bias"}
-        assert "pending the fidelity change" in report.summary()
+    assert report.ok and not report.no_home and not report.unfilled
+    assert len(report.mapped) == 692 - 53  # every release key but the BatchNorm counters
+    assert PER_BRANCH_KEYS <= set(report.mapped)  # one projection per branch, each filled
+    assert set(state) == set(model_state)
     assert len(report.dropped) == 53  # the frozen backbone's BatchNorm counters
     assert sorted(report.zero_filled) == sorted([f"neck.lateral.{i}.0.bias" for i in range(4)]
                                                 + ["neck.extra.0.0.bias",
@@ -218,9 +202,8 @@ def test_every_manifest_key_maps_with_equal_shapes_and_round_trips(release_state
         assert tensor.shape == model_state[key].shape, key
         assert tensor.dtype == model_state[key].dtype, key
     back = cv.to_release(state, dropped=dropped)
-    expected = {k: v for k, v in release_state.items() if k not in {x[0] for x in report.no_home}}
-    assert list(sorted(back)) == list(sorted(expected))
-    for key, tensor in expected.items():
+    assert sorted(back) == sorted(release_state)
+    for key, tensor in release_state.items():
         assert torch.equal(back[key], tensor), key
 
 
@@ -350,13 +333,10 @@ def test_written_checkpoint_loads_and_evaluates(tmp_path, model_state, tiny_root
         for d in detections)
     results = predict_images(model, [tiny_root / "val2017" / "img0.png"], score_thr=0.0,
                              out_dir=tmp_path / "pred", progress=False)
-    assert len(results) == 1 and (tmp_path / "pred" / "img0.json").is_file()
+    assert len(results) == 1 and (tmp_path / "pred" / "img0.pred.json").is_file()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not per_branch_model(_tiny_moqam_state()),
-                    reason="the per-branch customised-query projections (issue 10) are not in "
-                           "the model yet: the converter refuses the release, as it must")
 def test_convert_a_release_file_then_evaluate(tmp_path, release_state, model_state, tiny_root):
     src = tmp_path / "MOQAM.pth"
     torch.save({"meta": {"epoch": 12, "CLASSES": tuple(CLASSES)},

@@ -71,14 +71,10 @@ _BN_COUNTER = ("BatchNorm's update counter of a frozen backbone BatchNorm: "
                "FrozenBatchNorm2d keeps no counter and no layer reads it")
 _NO_BIAS = ("the release's conv has no bias (GroupNorm follows it); a zero bias computes the "
             "same function")
-_PER_BRANCH = ("customised positive queries: the release has one content projection "
-               "(Linear 512->256 + LayerNorm) per collaborative branch (0: RoI head, 1: ATSS), "
-               "a model with one shared projection has no place for them (per-branch "
-               "projections: aux_query_fc.{0,1}, aux_query_norm.{0,1})")
+_PER_BRANCH = ("customised positive queries: one content projection (Linear 512->256 + "
+               "LayerNorm) per collaborative branch (0: RoI head, 1: ATSS), "
+               "aux_query_fc.{0,1} and aux_query_norm.{0,1}")
 _Q = "query_head.transformer"
-#: Reasons that mark a release key as waiting for a change of the model, not as an error of
-#: the file (listed apart in the refusal).
-PENDING_WHY = (_PER_BRANCH,)
 
 #: Release state-dict key -> ``build_model("moqam")`` parameter, at the released sizes (six
 #: decoder layers: ``reg_branches.6`` / ``cls_branches.6`` score the encoder's proposals).
@@ -367,14 +363,9 @@ class ConversionReport:
             + (" (assumed: pass --annotations to read it from the release's annotation file)"
                if self.class_order_assumed else " (from the annotation file)"),
         ]
-        pending = [x for x in self.no_home if x[2] in PENDING_WHY]
-        other = [x for x in self.no_home if x[2] not in PENDING_WHY]
-        if other:
+        if self.no_home:
             lines.append("release keys without a home:")
-            lines += [f"  {k} {list(s)}: {why}" for k, s, why in other]
-        if pending:
-            lines.append("release keys pending the fidelity change (" + pending[0][2] + "):")
-            lines += [f"  {k} {list(s)}" for k, s, _ in pending]
+            lines += [f"  {k} {list(s)}: {why}" for k, s, why in self.no_home]
         if self.unfilled:
             lines.append("model parameters left unfilled:")
             lines += [f"  {k} {list(s)}: {why}" for k, s, why in self.unfilled]
@@ -389,9 +380,7 @@ class ConversionReport:
             "ok": self.ok, "num_release_keys": self.num_release_keys,
             "num_model_keys": self.num_model_keys, "mapped": dict(self.mapped),
             "dropped": list(self.dropped), "zero_filled": list(self.zero_filled),
-            "no_home": [{"key": k, "shape": list(s), "why": w,
-                         "pending_fidelity_change": w in PENDING_WHY}
-                        for k, s, w in self.no_home],
+            "no_home": [{"key": k, "shape": list(s), "why": w} for k, s, w in self.no_home],
             "unfilled": [{"key": k, "shape": list(s), "why": w} for k, s, w in self.unfilled],
             "shape_mismatch": [{"release_key": a, "release_shape": list(b), "key": c,
                                 "shape": list(d)} for a, b, c, d in self.shape_mismatch],
