@@ -28,7 +28,10 @@ backbone, which would spare it the backbone's backward pass.
 Every repetition times one training step (forward, loss, backward, AdamW step) of each model
 in turn on the same batch, then one inference pass of each, so that the machine's load drifts
 alike for all; the ratios (ours / peer, per repetition, and their median) are what to read,
-not the absolute times. Results with provenance go to ``--out``.
+not the absolute times. On a CPU the ratios are of **CPU time** (``time.process_time``, all
+threads of this process): on a shared machine other processes stretch wall time by whatever
+they take, CPU time much less; wall times are kept too. On a GPU they are of synchronised wall
+time. Results with provenance go to ``--out``.
 """
 
 from __future__ import annotations
@@ -154,12 +157,13 @@ def stepper(name: str, model, inputs, device: str, amp: bool):
     return train_step, infer
 
 
-def timed(fn, device: str) -> float:
+def timed(fn, device: str) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds of this process)`` of one call."""
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -190,17 +194,22 @@ def main(argv: list[str] | None = None) -> dict:
     steps = {name: stepper("peer" if name == "peer" else "ours", m,
                            peer_in if name == "peer" else ours_in, args.device, args.amp)
              for name, m in models.items()}
-    times = {name: {"train_s": [], "inference_s": []} for name in models}
+    times = {name: {"train_s": [], "inference_s": [], "train_cpu_s": [], "inference_cpu_s": []}
+             for name in models}
     for rep in range(args.warmup + args.repeat):
         for name, (train_step, infer) in steps.items():
-            t_train = timed(train_step, args.device)
-            t_infer = timed(infer, args.device)
+            t_train, c_train = timed(train_step, args.device)
+            t_infer, c_infer = timed(infer, args.device)
             if rep >= args.warmup:
-                times[name]["train_s"].append(t_train)
-                times[name]["inference_s"].append(t_infer)
+                for key, value in (("train_s", t_train), ("inference_s", t_infer),
+                                   ("train_cpu_s", c_train), ("inference_cpu_s", c_infer)):
+                    times[name][key].append(value)
             print(f"rep {rep + 1}/{args.warmup + args.repeat} {name:<10} train {t_train:7.2f} s"
-                  f"  inference {t_infer:7.2f} s" + ("  (warm-up)" if rep < args.warmup else ""),
-                  flush=True)
+                  f" (CPU {c_train:7.2f} s)  inference {t_infer:7.2f} s (CPU {c_infer:7.2f} s)"
+                  + ("  (warm-up)" if rep < args.warmup else ""), flush=True)
+    # the ratios are of CPU time on a CPU, of (synchronised) wall time on a GPU
+    train_key, infer_key = (("train_cpu_s", "inference_cpu_s") if args.device == "cpu"
+                            else ("train_s", "inference_s"))
 
     def ratios(a: str, b: str, key: str) -> list[float]:
         return [x / y for x, y in zip(times[a][key], times[b][key])]
@@ -214,9 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         "times": times,
         "median": {name: {k: statistics.median(v) for k, v in t.items()}
                    for name, t in times.items()},
+        "ratios_of": "CPU time" if args.device == "cpu" else "wall time",
         "ours_head_over_peer": {
-            "train_step_ratios": ratios("ours_head", "peer", "train_s"),
-            "inference_ratios": ratios("ours_head", "peer", "inference_s"),
+            "train_step_ratios": ratios("ours_head", "peer", train_key),
+            "inference_ratios": ratios("ours_head", "peer", infer_key),
+            "train_step_wall_ratios": ratios("ours_head", "peer", "train_s"),
+            "inference_wall_ratios": ratios("ours_head", "peer", "inference_s"),
         },
         "peer": "transformers " + __import__("transformers").__version__
                 + " DeformableDetrForObjectDetection (two_stage, with_box_refine, 5 levels)",
@@ -226,8 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     r["inference_ratio_median"] = statistics.median(r["inference_ratios"])
     if "ours_full" in models:
         result["full_over_head"] = {
-            "train_step_ratios": ratios("ours_full", "ours_head", "train_s"),
-            "inference_ratios": ratios("ours_full", "ours_head", "inference_s"),
+            "train_step_ratios": ratios("ours_full", "ours_head", train_key),
+            "inference_ratios": ratios("ours_full", "ours_head", infer_key),
         }
         f = result["full_over_head"]
         f["train_step_ratio_median"] = statistics.median(f["train_step_ratios"])
