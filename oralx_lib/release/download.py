@@ -18,7 +18,6 @@ code from it and reports its size and training metadata.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -68,14 +67,6 @@ def _collect(sources: list[Path], out: Path, *, password, progress: bool) -> lis
     return found
 
 
-def _load_state(path: Path) -> dict:
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        return state if isinstance(state, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def prepare_checkpoints(
     out: str | os.PathLike,
     *,
@@ -110,7 +101,7 @@ def prepare_checkpoints(
         password = _common.ARCHIVE_PASSWORD
     state_path = out / STATE_FILE
     source = str(Path(from_archive).expanduser().resolve()) if from_archive else url
-    state = _load_state(state_path)
+    state = _drive._load_state(state_path)
 
     def say(msg: str) -> None:
         if progress:
