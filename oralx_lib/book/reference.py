@@ -1,0 +1,360 @@
+"""The reference runs, read back for the chapters: tables, curves, and the verdict on each claim.
+
+The reference runs (``benchmarks/reference_runs.py``) train every arm of the paper's claims far
+longer than a page can, at the release's object scale, on the rare-eval synthetic set. They
+write one file per (arm, seed) and a ``summary.json`` to ``benchmarks/results/reference_runs/``.
+The chapters never train them; they read those files with :func:`load` and show them next to
+their own short runs.
+
+A claim is judged by :func:`compare`: the arm against the arm it claims to beat, on one metric of
+the test split, paired by seed. The verdict rule (:func:`verdict`) is fixed here, so a page that
+prints a verdict cannot say more than the numbers allow:
+
+- fewer than :data:`MIN_SEEDS` seeds with both arms: ``"not yet decided"`` (one or two seeds
+  cannot separate an effect from seed noise; the direction is still reported);
+- otherwise, with ``d`` the per-seed differences (arm minus reference), ``t = mean(d) /
+  (std(d) / sqrt(n))``: ``"confirmed"`` when ``t >= T_CRIT``, ``"reversed"`` when ``t <=
+  -T_CRIT``, ``"not confirmed"`` in between (:data:`T_CRIT` is the one-sided 95 % point of
+  Student's t with ``n - 1`` degrees of freedom).
+
+When the results are missing, :func:`missing_message` says which command produces them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oralx_lib import paths
+
+#: Where ``benchmarks/reference_runs.py`` writes its results (relative to the checkout).
+RESULTS_SUBDIR = Path("benchmarks") / "results" / "reference_runs"
+#: The command that makes them (add ``--arms ... --seeds ...`` to run a part).
+COMMAND = "python benchmarks/reference_runs.py"
+#: Fewest seeds (with both arms) for a verdict.
+MIN_SEEDS = 3
+#: One-sided 95 % points of Student's t, by degrees of freedom (n - 1).
+T_CRIT = {2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833}
+T_CRIT_LARGE = 1.645
+
+#: The paper's claims as comparisons: the arm, the arm it should beat, and the metric.
+CLAIMS: dict[str, dict] = {
+    "di_rpn_small": {"claim": "DI-RPN improves the detection of small findings",
+                     "arm": "di_rpn", "against": "baseline", "metric": "APs"},
+    "di_rpn_overall": {"claim": "DI-RPN improves overall AP",
+                       "arm": "di_rpn", "against": "baseline", "metric": "AP"},
+    "size_adaptive": {"claim": "a size-adaptive threshold beats one fixed lower threshold (0.55)",
+                      "arm": "di_rpn", "against": "fixed_055", "metric": "APs"},
+    "cb_scr_rare": {"claim": "CB-SCR improves the rare classes",
+                    "arm": "cb_scr", "against": "baseline", "metric": "rare_AP"},
+    "cb_scr_overall": {"claim": "CB-SCR improves overall AP",
+                       "arm": "cb_scr", "against": "baseline", "metric": "AP"},
+    "both": {"claim": "DI-RPN and CB-SCR together improve overall AP",
+             "arm": "moqam_rcnn", "against": "baseline", "metric": "AP"},
+}
+#: The metrics of the tables, in order.
+METRICS = ("AP", "AP50", "APs", "APm", "rare_AP", "frequent_AP")
+
+
+@dataclass
+class Reference:
+    """The reference results found on disk: per-run records and where they came from."""
+
+    folder: Path
+    records: dict[tuple[str, int], dict] = field(default_factory=dict)
+
+    @property
+    def arms(self) -> list[str]:
+        seen: list[str] = []
+        for arm, _ in self.records:
+            if arm not in seen:
+                seen.append(arm)
+        return seen
+
+    def seeds(self, arm: str) -> list[int]:
+        return sorted(seed for a, seed in self.records if a == arm)
+
+    def runs(self, arm: str) -> list[dict]:
+        return [self.records[(arm, seed)] for seed in self.seeds(arm)]
+
+
+def results_folder() -> Path:
+    """``benchmarks/results/reference_runs`` of this checkout (or of the current folder)."""
+    return (paths.repo_root() or Path.cwd()) / RESULTS_SUBDIR
+
+
+def load(folder: str | Path | None = None) -> Reference | None:
+    """The per-run records under ``folder`` (default :func:`results_folder`), or ``None`` when
+    there are none. A record that is not valid JSON is an error that names the file."""
+    folder = Path(folder) if folder is not None else results_folder()
+    if not folder.is_dir():
+        return None
+    ref = Reference(folder=folder)
+    for path in sorted(folder.glob("*_seed*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); delete it and rerun "
+                             f"`{COMMAND}` for that arm") from err
+        for key in ("arm", "seed", "final", "stopping"):
+            if key not in record:
+                raise ValueError(f"{path}: field {key!r} is missing; it was not written by "
+                                 f"benchmarks/reference_runs.py (rerun `{COMMAND}`)")
+        ref.records[(record["arm"], int(record["seed"]))] = record
+    return ref if ref.records else None
+
+
+def missing_message(arms: list[str] | tuple[str, ...], ref: Reference | None = None) -> str:
+    """Which arms have no reference run yet, and the command that makes them."""
+    have = set(ref.arms) if ref is not None else set()
+    todo = [a for a in arms if a not in have]
+    if not todo:
+        return ""
+    return (f"No reference run yet for {', '.join(todo)}: "
+            f"`{COMMAND} --arms {' '.join(todo)}` writes them to {RESULTS_SUBDIR.as_posix()}/ "
+            "(hours of CPU per run; minutes on a GPU).")
+
+
+def metric_values(ref: Reference, arm: str, metric: str, split: str = "test") -> dict[int, float]:
+    """``{seed: value}`` of one metric of the best checkpoint on ``split`` (missing and NaN
+    values left out)."""
+    out = {}
+    for seed in ref.seeds(arm):
+        block = ref.records[(arm, seed)]["final"].get(split)
+        if not block:
+            continue
+        value = block.get(metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        out[seed] = float(value)
+    return out
+
+
+def t_critical(dof: int) -> float:
+    return T_CRIT.get(dof, T_CRIT_LARGE)
+
+
+def verdict(diffs: list[float]) -> str:
+    """The verdict for per-seed differences (arm minus reference); see the module's rule."""
+    n = len(diffs)
+    if n < MIN_SEEDS:
+        return "not yet decided"
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs)
+    if sd == 0.0:
+        return "confirmed" if mean > 0 else "reversed" if mean < 0 else "not confirmed"
+    t = mean / (sd / math.sqrt(n))
+    crit = t_critical(n - 1)
+    if t >= crit:
+        return "confirmed"
+    if t <= -crit:
+        return "reversed"
+    return "not confirmed"
+
+
+@dataclass
+class Comparison:
+    """One claim on the reference runs."""
+
+    key: str
+    claim: str
+    arm: str
+    against: str
+    metric: str
+    split: str
+    arm_values: dict[int, float]
+    against_values: dict[int, float]
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(set(self.arm_values) & set(self.against_values))
+
+    @property
+    def diffs(self) -> list[float]:
+        return [self.arm_values[s] - self.against_values[s] for s in self.seeds]
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def arm_mean(self) -> float:
+        return statistics.fmean(self.arm_values[s] for s in self.seeds) if self.n else math.nan
+
+    @property
+    def against_mean(self) -> float:
+        return statistics.fmean(self.against_values[s] for s in self.seeds) if self.n else math.nan
+
+    @property
+    def mean_diff(self) -> float:
+        return statistics.fmean(self.diffs) if self.n else math.nan
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.diffs) if self.n else "not measured"
+
+    def sentence(self) -> str:
+        """The claim, the numbers and the verdict in one sentence (what the pages glue)."""
+        if not self.n:
+            return (f"The claim that {self.claim} is not measured yet: the reference runs "
+                    f"of {self.arm} and {self.against} are missing.")
+        seeds = f"{self.n} seed" + ("s" if self.n != 1 else "")
+        direction = ("higher" if self.mean_diff > 0 else "lower" if self.mean_diff < 0
+                     else "the same")
+        text = (f"On the test split, {self.arm} reaches {self.metric} {self.arm_mean:.3f} against "
+                f"{self.against_mean:.3f} for {self.against} ({seeds}; difference "
+                f"{self.mean_diff:+.3f}, {direction})")
+        if self.verdict == "not yet decided":
+            return (text + f": with fewer than {MIN_SEEDS} seeds this is not yet a verdict on the "
+                    f"claim that {self.claim}.")
+        return text + f": the claim that {self.claim} is {self.verdict} on this benchmark."
+
+
+def compare(ref: Reference | None, key: str, split: str = "test") -> Comparison:
+    """The comparison of :data:`CLAIMS` ``[key]`` on the reference runs (empty when missing)."""
+    spec = CLAIMS[key]
+    arm_values = metric_values(ref, spec["arm"], spec["metric"], split) if ref else {}
+    against_values = metric_values(ref, spec["against"], spec["metric"], split) if ref else {}
+    return Comparison(key=key, claim=spec["claim"], arm=spec["arm"], against=spec["against"],
+                      metric=spec["metric"], split=split, arm_values=arm_values,
+                      against_values=against_values)
+
+
+def claims_table(ref: Reference | None, keys=None, split: str = "test"):
+    """One row per claim: the two arms, the metric, their means, the difference, seeds, verdict."""
+    import pandas as pd
+
+    rows = []
+    for key in keys or CLAIMS:
+        c = compare(ref, key, split)
+        rows.append({"claim": c.claim, "arm": c.arm, "against": c.against, "metric": c.metric,
+                     "arm mean": c.arm_mean, "against mean": c.against_mean,
+                     "difference": c.mean_diff, "seeds": c.n, "verdict": c.verdict})
+    return pd.DataFrame(rows).set_index("claim")
+
+
+def arms_table(ref: Reference, arms=None, split: str = "test"):
+    """Per arm: seeds, steps trained, why each run stopped, and mean (std) of :data:`METRICS`."""
+    import pandas as pd
+
+    rows = {}
+    for arm in arms or ref.arms:
+        runs = ref.runs(arm)
+        if not runs:
+            continue
+        row = {"seeds": len(runs),
+               "steps": "/".join(str(r["stopping"]["steps"]) for r in runs),
+               "best step": "/".join(str(r["stopping"]["best_step"]) for r in runs),
+               "stopped by": "/".join(r["stopping"]["reason"] for r in runs)}
+        for metric in METRICS:
+            values = list(metric_values(ref, arm, metric, split).values())
+            if not values:
+                row[metric] = "-"
+                continue
+            mean = statistics.fmean(values)
+            row[metric] = (f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1
+                           else f"{mean:.3f}")
+        rows[arm] = row
+    return pd.DataFrame(rows).T
+
+
+def per_class_table(ref: Reference, arms, split: str = "test"):
+    """Per-class AP (mean over seeds), classes as rows, arms as columns."""
+    import pandas as pd
+
+    cols = {}
+    for arm in arms:
+        runs = [r for r in ref.runs(arm) if r["final"].get(split)]
+        if not runs:
+            continue
+        classes = runs[0]["final"][split]["per_class_AP"]
+        col = {}
+        for name in classes:
+            values = [r["final"][split]["per_class_AP"].get(name) for r in runs]
+            values = [v for v in values if v is not None]
+            col[name] = statistics.fmean(values) if values else math.nan
+        cols[arm] = col
+    return pd.DataFrame(cols)
+
+
+def proposal_table(ref: Reference, arms):
+    """Per arm (mean over seeds): the RPN's recall per size bin (IoU >= 0.5), its median
+    proposal and ground-truth ``w x h``, and whether a run's regression collapsed."""
+    import pandas as pd
+
+    rows = {}
+    for arm in arms:
+        props = [r["final"].get("proposals_val") for r in ref.runs(arm)]
+        props = [p for p in props if p]
+        if not props:
+            continue
+        row = {"images": props[0]["images"], "recall": statistics.fmean(p["recall"] for p in props)}
+        for bin_name in props[0]["recall_by_size"]:
+            values = [p["recall_by_size"][bin_name]["recall"] for p in props
+                      if bin_name in p["recall_by_size"]]
+            row[f"recall {bin_name} px"] = statistics.fmean(values)
+        row["median proposal w x h"] = " / ".join(
+            "{:.0f} x {:.0f}".format(*p["median_proposal_wh"]) for p in props)
+        row["median box w x h"] = "{:.0f} x {:.0f}".format(*props[0]["median_gt_wh"])
+        row["collapsed"] = any(p["collapsed"] for p in props)
+        rows[arm] = row
+    return pd.DataFrame(rows).T
+
+
+def provenance_table(ref: Reference, arms=None):
+    """Per run: the commands that trained it, the commit, the hardware and the wall time."""
+    import pandas as pd
+
+    rows = []
+    for arm in arms or ref.arms:
+        for record in ref.runs(arm):
+            sessions = record.get("sessions") or []
+            rows.append({
+                "run": f"{arm} seed {record['seed']}",
+                "commits": ", ".join(sorted({s.get("commit", "?")[:12] for s in sessions})),
+                "hardware": ", ".join(sorted({f"{s.get('cpu', '?')} x{s.get('cpu_count', '?')}"
+                                              + (f" {s['gpu']}" if s.get("gpu") else "")
+                                              for s in sessions})),
+                "wall h": round(sum(s.get("wall_s", 0.0) for s in sessions) / 3600, 2),
+                "command": sessions[0].get("command", "?") if sessions else "?",
+            })
+    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
+
+
+def plot_curves(ref: Reference, arms, ax=None, metric: str = "AP"):
+    """Validation ``metric`` (on the plateau images) against the training step, one line per
+    (arm, seed); a dot marks each run's best evaluation and a cross where it stopped."""
+    import matplotlib.pyplot as plt
+
+    from oralx_lib.palette import CYCLE
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 3.6))
+    for k, arm in enumerate(arms):
+        color = CYCLE[k % len(CYCLE)]
+        for j, record in enumerate(ref.runs(arm)):
+            curve = record.get("val_curve") or []
+            if not curve:
+                continue
+            steps = [c["step"] for c in curve]
+            values = [c.get(metric, math.nan) for c in curve]
+            ax.plot(steps, values, color=color, lw=1.4, alpha=0.9,
+                    label=arm if j == 0 else None)
+            best = max(range(len(values)), key=lambda i: values[i])
+            ax.plot(steps[best], values[best], "o", color=color, ms=5)
+            ax.plot(steps[-1], values[-1], "x", color=color, ms=7)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"validation {metric} (plateau images)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+__all__ = [
+    "CLAIMS", "COMMAND", "Comparison", "METRICS", "MIN_SEEDS", "Reference", "arms_table",
+    "claims_table", "compare", "load", "metric_values", "missing_message", "per_class_table",
+    "plot_curves", "proposal_table", "provenance_table", "results_folder", "verdict",
+]

@@ -1,0 +1,105 @@
+"""oralx_lib.book.reference: reading the reference runs back, and the verdict rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from oralx_lib.book import reference
+
+
+def _record(arm, seed, ap, aps, rare, reason="plateau", proposals=True):
+    block = {"AP": ap, "AP50": 2 * ap, "APs": aps, "APm": ap, "rare_AP": rare,
+             "frequent_AP": ap, "per_class_AP": {"Implant": rare, "Decay": ap}}
+    return {
+        "arm": arm, "seed": seed,
+        "stopping": {"reason": reason, "steps": 800, "best_step": 640},
+        "val_curve": [{"step": 160, "AP": ap / 2}, {"step": 320, "AP": ap}],
+        "final": {"test": block,
+                  "proposals_val": ({"images": 20, "recall": 0.5,
+                                     "recall_by_size": {"<8": {"count": 3, "recall": 0.1}},
+                                     "median_proposal_wh": [30.0, 20.0],
+                                     "median_gt_wh": [33.0, 36.0], "collapsed": False}
+                                    if proposals else None)},
+        "sessions": [{"command": "python benchmarks/reference_runs.py", "commit": "a" * 40,
+                      "cpu": "AMD EPYC", "cpu_count": 2, "wall_s": 3600.0}],
+    }
+
+
+def _write(folder, records):
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        (folder / f"{r['arm']}_seed{r['seed']}.json").write_text(json.dumps(r))
+    return folder
+
+
+def test_verdict_rule():
+    assert reference.verdict([0.1]) == "not yet decided"
+    assert reference.verdict([0.1, 0.1]) == "not yet decided"
+    assert reference.verdict([0.10, 0.11, 0.09]) == "confirmed"
+    assert reference.verdict([-0.10, -0.11, -0.09]) == "reversed"
+    # a mean difference that three seeds' spread cannot separate from zero
+    assert reference.verdict([0.10, -0.08, 0.01]) == "not confirmed"
+    # t = 2.0 is below the one-sided 95 % point for 2 degrees of freedom (2.92)
+    assert reference.verdict([1.0, 2.0, 0.0]) == "not confirmed"
+
+
+def test_load_compare_and_tables(tmp_path):
+    folder = _write(tmp_path / "ref", [
+        _record("baseline", s, 0.10 + 0.01 * s, 0.05, 0.02) for s in range(3)] + [
+        _record("di_rpn", s, 0.12 + 0.01 * s, 0.08 + 0.001 * s, 0.02) for s in range(3)] + [
+        _record("cb_scr", 0, 0.09, 0.05, 0.03)])
+    ref = reference.load(folder)
+    assert ref.arms == ["baseline", "cb_scr", "di_rpn"]
+    small = reference.compare(ref, "di_rpn_small")
+    assert small.n == 3 and small.verdict == "confirmed"
+    assert small.mean_diff == pytest.approx(0.031)
+    assert "confirmed on this benchmark" in small.sentence()
+    rare = reference.compare(ref, "cb_scr_rare")
+    assert rare.n == 1 and rare.verdict == "not yet decided"
+    assert "not yet a verdict" in rare.sentence()
+    both = reference.compare(ref, "both")
+    assert both.n == 0 and both.verdict == "not measured"
+    table = reference.claims_table(ref)
+    assert table.loc[small.claim, "verdict"] == "confirmed"
+    arms = reference.arms_table(ref, ["baseline", "cb_scr"])
+    assert arms.loc["cb_scr", "seeds"] == 1 and arms.loc["baseline", "stopped by"].count("/") == 2
+    props = reference.proposal_table(ref, ["baseline"])
+    assert props.loc["baseline", "recall <8 px"] == pytest.approx(0.1)
+    assert not props.loc["baseline", "collapsed"]
+    classes = reference.per_class_table(ref, ["baseline", "cb_scr"])
+    assert classes.loc["Implant", "cb_scr"] == pytest.approx(0.03)
+    prov = reference.provenance_table(ref, ["cb_scr"])
+    assert prov.loc["cb_scr seed 0", "wall h"] == 1.0
+    assert "moqam" in reference.missing_message(["baseline", "moqam"], ref)
+    assert reference.missing_message(["baseline"], ref) == ""
+
+
+def test_load_missing_and_broken(tmp_path):
+    assert reference.load(tmp_path / "absent") is None
+    assert reference.load(tmp_path) is None
+    assert reference.COMMAND in reference.missing_message(["baseline"], None)
+    (tmp_path / "baseline_seed0.json").write_text("{not json")
+    with pytest.raises(ValueError, match="baseline_seed0.json"):
+        reference.load(tmp_path)
+    (tmp_path / "baseline_seed0.json").write_text(json.dumps({"arm": "baseline"}))
+    with pytest.raises(ValueError, match="'seed'"):
+        reference.load(tmp_path)
+
+
+def test_nan_metrics_are_left_out(tmp_path):
+    rec = _record("baseline", 0, 0.1, float("nan"), 0.0)
+    folder = _write(tmp_path, [rec])
+    ref = reference.load(folder)
+    assert reference.metric_values(ref, "baseline", "APs") == {}
+    assert reference.metric_values(ref, "baseline", "AP") == {0: 0.1}
+
+
+def test_plot_curves_marks_every_run(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder = _write(tmp_path, [_record("baseline", s, 0.1, 0.05, 0.02) for s in range(2)])
+    ax = reference.plot_curves(reference.load(folder), ["baseline"])
+    assert len(ax.lines) == 2 * 3  # per run: the curve, its best point, where it stopped
