@@ -103,3 +103,11 @@ def test_plot_curves_marks_every_run(tmp_path):
     folder = _write(tmp_path, [_record("baseline", s, 0.1, 0.05, 0.02) for s in range(2)])
     ax = reference.plot_curves(reference.load(folder), ["baseline"])
     assert len(ax.lines) == 2 * 3  # per run: the curve, its best point, where it stopped
+
+
+def test_plot_curves_without_runs_names_the_command():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = reference.plot_curves(None, ["baseline", "di_rpn"])
+    assert not ax.lines and reference.COMMAND in ax.texts[0].get_text()

@@ -324,16 +324,23 @@ def provenance_table(ref: Reference, arms=None):
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
 
 
-def plot_curves(ref: Reference, arms, ax=None, metric: str = "AP"):
+def plot_curves(ref: Reference | None, arms, ax=None, metric: str = "AP"):
     """Validation ``metric`` (on the plateau images) against the training step, one line per
-    (arm, seed); a dot marks each run's best evaluation and a cross where it stopped."""
+    (arm, seed); a dot marks each run's best evaluation and a cross where it stopped. Without
+    runs the axes say which command makes them."""
     import matplotlib.pyplot as plt
 
     from oralx_lib.palette import CYCLE
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 3.6))
-    for k, arm in enumerate(arms):
+    drawn = [arm for arm in arms if ref is not None and ref.runs(arm)]
+    if not drawn:  # nothing to draw: say which command makes it, on the figure itself
+        ax.text(0.5, 0.5, missing_message(list(arms), ref).replace(": `", ":\n`"), ha="center",
+                va="center", wrap=True, fontsize=9, transform=ax.transAxes)
+        ax.set_axis_off()
+        return ax
+    for k, arm in enumerate(drawn):
         color = CYCLE[k % len(CYCLE)]
         for j, record in enumerate(ref.runs(arm)):
             curve = record.get("val_curve") or []
