@@ -393,10 +393,9 @@ def table(summary: dict, split: str = "test") -> str:
 # ------------------------------------------------------------------------------------------------
 def default_data() -> Path:
     """The rare-eval synthetic set beside the embedded one (generated on first use)."""
-    from oralx_lib.paths import repo_root
+    from oralx_lib.paths import synthetic_data_root
 
-    root = repo_root()
-    return (root if root is not None else Path.cwd()) / "data" / "synthetic-rare-eval"
+    return synthetic_data_root(rare_eval=True)
 
 
 def parse_args(argv=None):

@@ -21,15 +21,25 @@ def repo_root() -> Path | None:
     return None
 
 
+def synthetic_data_root(rare_eval: bool = False) -> Path:
+    """The folder of a synthetic set, whatever ``$ORALX_DATA`` says: ``data/synthetic`` in the
+    checkout (the embedded set), or ``data/synthetic-rare-eval`` with ``rare_eval`` (the same
+    set with validation and test enriched until every class has ``RARE_EVAL_MIN_BOXES`` boxes,
+    :func:`oralx_lib.data.ensure_synthetic`); under ``~/.cache/oralx_book`` for a plain pip
+    install."""
+    name = "synthetic-rare-eval" if rare_eval else "synthetic"
+    root = repo_root()
+    if root is not None:
+        return root / "data" / name
+    return Path.home() / ".cache" / "oralx_book" / name
+
+
 def default_data_root() -> Path:
     """The dataset root: ``$ORALX_DATA`` if set, else the embedded synthetic set's folder."""
     env = os.environ.get("ORALX_DATA")
     if env:
         return Path(env).expanduser()
-    root = repo_root()
-    if root is not None:
-        return root / "data" / "synthetic"
-    return Path.home() / ".cache" / "oralx_book" / "synthetic"
+    return synthetic_data_root()
 
 
 def is_colab() -> bool:
