@@ -111,3 +111,15 @@ def test_plot_curves_without_runs_names_the_command():
     matplotlib.use("Agg")
     ax = reference.plot_curves(None, ["baseline", "di_rpn"])
     assert not ax.lines and reference.COMMAND in ax.texts[0].get_text()
+
+
+def test_a_moved_checkout_keeps_its_book_runs():
+    """The chapters' cached runs are reused when only where they (or the data) live changed."""
+    from oralx_lib.book.experiments import same_training
+
+    saved = {"model": "faster_rcnn", "lr": 0.001, "out_dir": "/home/a/oralx/runs/book/x",
+             "data_root": "/home/a/oralx/data/synthetic"}
+    moved = {**saved, "out_dir": "/tmp/ci/runs/book/x", "data_root": "/tmp/ci/data/synthetic"}
+    assert same_training(saved, moved)
+    assert not same_training(saved, {**moved, "lr": 0.002})
+    assert not same_training(saved, {**moved, "seed": 1})

@@ -104,6 +104,20 @@ class Experiment:
         return out
 
 
+#: Config fields that say where a run and its data live, not what is trained: a checkout that
+#: moved (a CI clone, a worktree, Drive mounted elsewhere) keeps its finished runs. The data's
+#: identity is checked by the annotation files' fingerprint instead.
+LOCATION_FIELDS = ("out_dir", "data_root")
+
+
+def same_training(saved: dict, wanted: dict) -> bool:
+    """Whether two configs (as dicts) train the same run, wherever it and its data live."""
+    def strip(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in LOCATION_FIELDS}
+
+    return strip(saved) == strip(wanted)
+
+
 def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, data=None,
                    name: str | None = None, progress: bool = True,
                    **overrides) -> Experiment:
@@ -118,8 +132,9 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
         name: folder name under ``runs/book/`` (default ``<model>-<profile>-s<seed>``).
         **overrides: :class:`oralx_lib.engine.TrainConfig` fields.
 
-    A run whose saved ``config.json`` differs from the requested config, or that was trained on
-    other annotation files, is moved aside to ``<name>.previous`` and trained again.
+    A run whose saved ``config.json`` differs from the requested config (:func:`same_training`:
+    where the run and the data live does not count), or that was trained on other annotation
+    files, is moved aside to ``<name>.previous`` and trained again.
     """
     from ..engine import make_config, train
 
@@ -132,7 +147,8 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
                          out_dir=str(out), **settings)
     saved, stamp = out / "config.json", out / "data_fingerprint.txt"
     fingerprint = dataset_fingerprint(data_root, (config.train_split, config.val_split))
-    stale = saved.is_file() and (json.loads(saved.read_text()) != json.loads(config.to_json())
+    stale = saved.is_file() and (not same_training(json.loads(saved.read_text()),
+                                                   json.loads(config.to_json()))
                                  or not stamp.is_file() or stamp.read_text() != fingerprint)
     if stale:
         previous = out.with_name(out.name + ".previous")
