@@ -113,3 +113,23 @@ def test_the_claims_are_pasted_from_numbers():
         text = "\n".join(_cells(path, "markdown"))
         for verdict in ("is confirmed", "is reversed", "is not confirmed"):
             assert verdict not in text, f"{name}: a typed verdict ({verdict!r})"
+
+
+def test_no_cell_ends_with_a_bare_glue_call():
+    """``glue`` returns its value: as a cell's last expression it would print it on the page."""
+    import ast
+
+    offenders = []
+    for path in CHAPTERS:
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] != "code" or source.rstrip().endswith(";"):
+                continue
+            try:
+                body = ast.parse(source).body
+            except SyntaxError:  # IPython magics: not ours to check
+                continue
+            if body and isinstance(body[-1], ast.Expr) and isinstance(body[-1].value, ast.Call) \
+                    and ast.unparse(body[-1].value.func) == "glue":
+                offenders.append(f"{path.name}, cell {cell['id']}")
+    assert offenders == []

@@ -61,6 +61,7 @@ def test_load_compare_and_tables(tmp_path):
     assert "not yet a verdict" in rare.sentence()
     both = reference.compare(ref, "both")
     assert both.n == 0 and both.verdict == "not measured"
+    assert "no reference run of moqam_rcnn is recorded" in both.sentence()
     table = reference.claims_table(ref)
     assert table.loc[small.claim, "verdict"] == "confirmed"
     arms = reference.arms_table(ref, ["baseline", "cb_scr"])

@@ -199,8 +199,13 @@ class Comparison:
     def sentence(self) -> str:
         """The claim, the numbers and the verdict in one sentence (what the pages glue)."""
         if not self.n:
-            return (f"The claim that {self.claim} is not measured yet: the reference runs "
-                    f"of {self.arm} and {self.against} are missing.")
+            absent = [a for a, v in ((self.arm, self.arm_values), (self.against, self.against_values))
+                      if not v]
+            if absent:
+                what = f"no reference run of {' and '.join(absent)} is recorded"
+            else:
+                what = f"the runs of {self.arm} and {self.against} share no seed"
+            return f"The claim that {self.claim} is not measured yet: {what}."
         seeds = f"{self.n} seed" + ("s" if self.n != 1 else "")
         direction = ("higher" if self.mean_diff > 0 else "lower" if self.mean_diff < 0
                      else "the same")
