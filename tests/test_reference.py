@@ -124,3 +124,9 @@ def test_a_moved_checkout_keeps_its_book_runs():
     assert same_training(saved, moved)
     assert not same_training(saved, {**moved, "lr": 0.002})
     assert not same_training(saved, {**moved, "seed": 1})
+
+
+def test_claim_arms_lists_every_compared_arm_once():
+    arms = reference.claim_arms()
+    assert len(arms) == len(set(arms))
+    assert {a for c in reference.CLAIMS.values() for a in (c["arm"], c["against"])} == set(arms)

@@ -54,6 +54,8 @@ CLAIMS: dict[str, dict] = {
                        "arm": "cb_scr", "against": "baseline", "metric": "AP"},
     "both": {"claim": "DI-RPN and CB-SCR together improve overall AP",
              "arm": "moqam_rcnn", "against": "baseline", "metric": "AP"},
+    "complete": {"claim": "the complete MOQAM beats the two-stage detector with both components",
+                 "arm": "moqam", "against": "moqam_rcnn", "metric": "AP"},
 }
 #: The metrics of the tables, in order.
 METRICS = ("AP", "AP50", "APs", "APm", "rare_AP", "frequent_AP")
@@ -79,6 +81,11 @@ class Reference:
 
     def runs(self, arm: str) -> list[dict]:
         return [self.records[(arm, seed)] for seed in self.seeds(arm)]
+
+
+def claim_arms() -> list[str]:
+    """Every arm a claim of :data:`CLAIMS` compares, each once, in the claims' order."""
+    return list(dict.fromkeys(a for c in CLAIMS.values() for a in (c["against"], c["arm"])))
 
 
 def results_folder() -> Path:
@@ -367,6 +374,7 @@ def plot_curves(ref: Reference | None, arms, ax=None, metric: str = "AP"):
 
 __all__ = [
     "CLAIMS", "COMMAND", "Comparison", "METRICS", "MIN_SEEDS", "Reference", "arms_table",
+    "claim_arms",
     "claims_table", "compare", "load", "metric_values", "missing_message", "per_class_table",
     "plot_curves", "proposal_table", "provenance_table", "results_folder", "verdict",
 ]
