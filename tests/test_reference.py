@@ -77,6 +77,26 @@ def test_load_compare_and_tables(tmp_path):
     assert reference.missing_message(["baseline"], ref) == ""
 
 
+def test_a_verdict_on_capped_runs_says_so(tmp_path):
+    folder = _write(tmp_path, [
+        _record("baseline", s, 0.10, 0.05 + 0.001 * s, 0.02, reason="max_steps") for s in range(3)] + [
+        _record("di_rpn", s, 0.12, 0.08, 0.02, reason="plateau" if s else "max_steps")
+        for s in range(3)] + [_record("fixed_055", s, 0.1, 0.05, 0.02) for s in range(3)])
+    ref = reference.load(folder)
+    small = reference.compare(ref, "di_rpn_small")
+    assert small.verdict == "confirmed"
+    assert len(small.capped_in_pairs) == 4
+    assert "at this training budget" in small.sentence()
+    assert "4 of these 6 runs stopped at their step cap (800 steps)" in small.sentence()
+    adaptive = reference.compare(ref, "size_adaptive")  # di_rpn seed 0 is capped
+    assert "1 of these 6 runs" in adaptive.sentence()
+    # plateaued runs only: no qualifier
+    folder2 = _write(tmp_path / "p", [_record(a, s, 0.1, 0.05, 0.02) for a in ("baseline", "di_rpn")
+                                      for s in range(3)])
+    sentence = reference.compare(reference.load(folder2), "di_rpn_small").sentence()
+    assert "step cap" not in sentence and "budget" not in sentence
+
+
 def test_load_missing_and_broken(tmp_path):
     assert reference.load(tmp_path / "absent") is None
     assert reference.load(tmp_path) is None

@@ -174,6 +174,8 @@ class Comparison:
     split: str
     arm_values: dict[int, float]
     against_values: dict[int, float]
+    #: ``{(arm, seed): steps}`` of the compared runs that stopped at their step cap
+    capped: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -221,8 +223,26 @@ class Comparison:
                 f"{self.mean_diff:+.3f}, {direction})")
         if self.verdict == "not yet decided":
             return (text + f": with fewer than {MIN_SEEDS} seeds this is not yet a verdict on the "
-                    f"claim that {self.claim}.")
-        return text + f": the claim that {self.claim} is {self.verdict} on this benchmark."
+                    f"claim that {self.claim}." + self.budget_note())
+        return (text + f": the claim that {self.claim} is {self.verdict} on this benchmark"
+                + (" at this training budget." if self.capped_in_pairs else ".")
+                + self.budget_note())
+
+    @property
+    def capped_in_pairs(self) -> dict[tuple[str, int], int]:
+        """The capped runs among the compared (paired) seeds."""
+        return {k: v for k, v in self.capped.items() if k[1] in self.seeds}
+
+    def budget_note(self) -> str:
+        """What the verdict is conditional on when runs stopped at their step cap, not a plateau."""
+        capped = self.capped_in_pairs
+        if not capped:
+            return ""
+        total = 2 * self.n
+        caps = sorted(set(capped.values()))
+        cap = f"{caps[0]} steps" if len(caps) == 1 else f"{caps[0]}..{caps[-1]} steps"
+        return (f" {len(capped)} of these {total} runs stopped at their step cap ({cap}) before "
+                "their validation AP levelled off, so longer training may change it.")
 
 
 def compare(ref: Reference | None, key: str, split: str = "test") -> Comparison:
@@ -230,9 +250,15 @@ def compare(ref: Reference | None, key: str, split: str = "test") -> Comparison:
     spec = CLAIMS[key]
     arm_values = metric_values(ref, spec["arm"], spec["metric"], split) if ref else {}
     against_values = metric_values(ref, spec["against"], spec["metric"], split) if ref else {}
+    capped = {}
+    if ref is not None:
+        for (arm, seed), record in ref.records.items():
+            stop = record.get("stopping", {})
+            if arm in (spec["arm"], spec["against"]) and stop.get("reason") == "max_steps":
+                capped[(arm, seed)] = int(stop.get("steps", 0))
     return Comparison(key=key, claim=spec["claim"], arm=spec["arm"], against=spec["against"],
                       metric=spec["metric"], split=split, arm_values=arm_values,
-                      against_values=against_values)
+                      against_values=against_values, capped=capped)
 
 
 def claims_table(ref: Reference | None, keys=None, split: str = "test"):
