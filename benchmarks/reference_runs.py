@@ -441,6 +441,9 @@ def parse_args(argv=None):
                         help="run folders (default: <runs root>/reference_runs)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--list", action="store_true", help="print the plan and each run's state")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="train nothing: rewrite summary.json from the recorded runs (after "
+                             "several runners wrote to the same folder at once)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     for name in ("eval_every", "patience", "max_steps", "moqam_max_steps", "batch_size",
@@ -480,13 +483,15 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"data: {data_root}; rare classes (fewest training boxes): {rare}")
-    records = []
-    for arm, seed in tqdm(todo, desc="reference runs", unit="run", disable=not args.progress):
-        record = run_one(arm, seed, args, data_root, rare)
-        write_text_atomic(out / f"{arm}_seed{seed}.json", json.dumps(record, indent=1) + "\n")
-        records.append(record)
+    if not args.summary_only:
+        for arm, seed in tqdm(todo, desc="reference runs", unit="run", disable=not args.progress):
+            record = run_one(arm, seed, args, data_root, rare)
+            write_text_atomic(out / f"{arm}_seed{seed}.json", json.dumps(record, indent=1) + "\n")
     # the summary covers every recorded (arm, seed) in the folder, not only this invocation's
     recorded = [json.loads(p.read_text()) for p in sorted(out.glob("*_seed*.json"))]
+    if not recorded:
+        print(f"no recorded run in {out}")
+        return 0
     summary = summarise(recorded)
     write_text_atomic(out / "summary.json", json.dumps(
         {"provenance": provenance(), "data": str(data_root), "rare_classes": rare,

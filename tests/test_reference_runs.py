@@ -99,6 +99,14 @@ def test_smoke_run_resumes_skips_and_continues(runner, tmp_path):
     # the first four steps were not trained again: their logged losses are unchanged
     assert more["loss_curve"][:4] == record["loss_curve"]
 
+    # --summary-only trains nothing and rebuilds summary.json from the recorded files
+    (out / "summary.json").unlink()
+    stamp = last.stat().st_mtime_ns
+    assert runner.main(base + ["--max-steps", "8", "--summary-only"]) == 0
+    assert last.stat().st_mtime_ns == stamp
+    rebuilt = json.loads((out / "summary.json").read_text())
+    assert rebuilt["summary"]["baseline"]["stopped_at_steps"] == [6]
+
     # other settings in the same folder are refused
     with pytest.raises(ConfigError, match="lr"):
         runner.main(base + ["--max-steps", "6", "--lr", "1e-3"])
