@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -150,3 +151,24 @@ def test_claim_arms_lists_every_compared_arm_once():
     arms = reference.claim_arms()
     assert len(arms) == len(set(arms))
     assert {a for c in reference.CLAIMS.values() for a in (c["arm"], c["against"])} == set(arms)
+
+
+def test_same_seed_pairs(tmp_path):
+    def with_losses(record, losses):
+        record["loss_curve"] = [{"step": 10 * (i + 1), "loss": x} for i, x in enumerate(losses)]
+        return record
+
+    folder = _write(tmp_path / "ref", [
+        with_losses(_record("di_rpn", 0, 0.20, 0.10, 0.05), [1.5, 1.0, 0.9]),
+        with_losses(_record("fixed_055", 0, 0.20, 0.10, 0.05), [1.5, 1.0, 0.9]),
+        with_losses(_record("di_rpn", 1, 0.18, 0.12, 0.04), [1.4, 1.1, 0.8]),
+        with_losses(_record("fixed_055", 1, 0.20, 0.15, 0.06), [1.4, 1.2, 0.7]),
+        with_losses(_record("di_rpn", 2, 0.20, 0.10, 0.05), [1.3]),  # no fixed_055 seed 2
+    ])
+    table = reference.same_seed_pairs(reference.load(folder), "di_rpn", "fixed_055")
+    assert list(table.index) == [0, 1]
+    assert bool(table.loc[0, "identical loss curve"]) and math.isnan(table.loc[0, "first different step"])
+    assert not table.loc[1, "identical loss curve"] and table.loc[1, "first different step"] == 20
+    assert table.loc[0, "APs difference"] == 0.0
+    assert table.loc[1, "APs difference"] == pytest.approx(-0.03)
+    assert table.loc[1, "rare_AP difference"] == pytest.approx(-0.02)

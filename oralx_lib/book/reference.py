@@ -362,6 +362,41 @@ def provenance_table(ref: Reference, arms=None):
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
 
 
+def same_seed_pairs(ref: Reference, arm: str, other: str,
+                    metrics=("AP", "APs", "rare_AP"), split: str = "test"):
+    """The runs of two arms, seed by seed: whether their training took the same path, and how
+    far apart their final numbers are.
+
+    Meant for two arms that compute the same thing (e.g. two assignment rules that give every
+    box the same positives): their differences then measure how much runs with identical
+    settings vary between the machines and sessions that made them, a floor under which no
+    other comparison of this benchmark can be read.
+
+    Returns one row per seed that both arms have: ``identical loss curve`` (every logged training
+    loss equal), ``first different step`` (the first logged step whose loss differs, NaN when
+    none does) and ``<metric> difference`` (``arm`` minus ``other``) for each metric.
+    """
+    import pandas as pd
+
+    rows = {}
+    for seed in sorted(set(ref.seeds(arm)) & set(ref.seeds(other))):
+        a = {r["step"]: r["loss"] for r in ref.records[(arm, seed)].get("loss_curve") or []}
+        b = {r["step"]: r["loss"] for r in ref.records[(other, seed)].get("loss_curve") or []}
+        common = sorted(set(a) & set(b))
+        differ = [step for step in common if a[step] != b[step]]
+        row = {"identical loss curve": bool(common) and not differ,
+               "first different step": differ[0] if differ else None}
+        for metric in metrics:
+            va = metric_values(ref, arm, metric, split).get(seed)
+            vb = metric_values(ref, other, metric, split).get(seed)
+            row[f"{metric} difference"] = (va - vb if va is not None and vb is not None
+                                           else math.nan)
+        rows[seed] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "seed"
+    return table
+
+
 def plot_curves(ref: Reference | None, arms, ax=None, metric: str = "AP"):
     """Validation ``metric`` (on the plateau images) against the training step, one line per
     (arm, seed); a dot marks each run's best evaluation and a cross where it stopped. Without
