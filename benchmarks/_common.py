@@ -38,6 +38,11 @@ def provenance() -> dict:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # The vector instructions the kernels use: runs of one setting on CPUs of other
+        # generations take other floating-point paths (benchmarks/bench_cpu_determinism.py).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernel_pins": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+                        if k in os.environ},
         "python": platform.python_version(),
         "torch": torch.__version__,
         # Other work on the machine skews absolute times; ratios measured in one run less so.
