@@ -74,6 +74,12 @@ def test_load_compare_and_tables(tmp_path):
     assert classes.loc["Implant", "cb_scr"] == pytest.approx(0.03)
     prov = reference.provenance_table(ref, ["cb_scr"])
     assert prov.loc["cb_scr seed 0", "wall h"] == 1.0
+    assert prov.loc["cb_scr seed 0", "hardware"] == "AMD EPYC x2"  # older records: no capability
+    record = json.loads((folder / "cb_scr_seed0.json").read_text())
+    record["sessions"][0]["cpu_capability"] = "AVX512"
+    (folder / "cb_scr_seed0.json").write_text(json.dumps(record))
+    prov = reference.provenance_table(reference.load(folder), ["cb_scr"])
+    assert prov.loc["cb_scr seed 0", "hardware"] == "AMD EPYC x2 (AVX512)"
     assert "moqam" in reference.missing_message(["baseline", "moqam"], ref)
     assert reference.missing_message(["baseline"], ref) == ""
 

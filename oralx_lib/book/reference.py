@@ -354,6 +354,8 @@ def provenance_table(ref: Reference, arms=None):
                 "run": f"{arm} seed {record['seed']}",
                 "commits": ", ".join(sorted({s.get("commit", "?")[:12] for s in sessions})),
                 "hardware": ", ".join(sorted({f"{s.get('cpu', '?')} x{s.get('cpu_count', '?')}"
+                                              + (f" ({s['cpu_capability']})"
+                                                 if s.get("cpu_capability") else "")
                                               + (f" {s['gpu']}" if s.get("gpu") else "")
                                               for s in sessions})),
                 "wall h": round(sum(s.get("wall_s", 0.0) for s in sessions) / 3600, 2),
