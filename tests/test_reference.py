@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 
 from oralx_lib.book import reference
@@ -173,8 +174,9 @@ def test_same_seed_pairs(tmp_path):
     ])
     table = reference.same_seed_pairs(reference.load(folder), "di_rpn", "fixed_055")
     assert list(table.index) == [0, 1]
-    assert bool(table.loc[0, "identical loss curve"]) and math.isnan(table.loc[0, "first different step"])
+    assert bool(table.loc[0, "identical loss curve"]) and pd.isna(table.loc[0, "first different step"])
     assert not table.loc[1, "identical loss curve"] and table.loc[1, "first different step"] == 20
+    assert str(table["first different step"].dtype) == "Int64"  # steps print as integers
     assert table.loc[0, "APs difference"] == 0.0
     assert table.loc[1, "APs difference"] == pytest.approx(-0.03)
     assert table.loc[1, "rare_AP difference"] == pytest.approx(-0.02)

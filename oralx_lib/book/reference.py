@@ -375,7 +375,7 @@ def same_seed_pairs(ref: Reference, arm: str, other: str,
     other comparison of this benchmark can be read.
 
     Returns one row per seed that both arms have: ``identical loss curve`` (every logged training
-    loss equal), ``first different step`` (the first logged step whose loss differs, NaN when
+    loss equal), ``first different step`` (the first logged step whose loss differs, <NA> when
     none does) and ``<metric> difference`` (``arm`` minus ``other``) for each metric.
     """
     import pandas as pd
@@ -395,6 +395,8 @@ def same_seed_pairs(ref: Reference, arm: str, other: str,
                                            else math.nan)
         rows[seed] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
+    if len(table):  # a step is an integer: a missing one must not turn the column into floats
+        table["first different step"] = table["first different step"].astype("Int64")
     table.index.name = "seed"
     return table
 
