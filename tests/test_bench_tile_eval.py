@@ -1,0 +1,83 @@
+"""benchmarks/bench_tile_eval.py: the tiles that cover an image, the ground truth of a tile, and
+the tile evaluation's plumbing (every tile at the training size, the model's resize put back)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_tile_eval",
+                                                  REPO / "benchmarks" / "bench_tile_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiles_cover_the_image_flush_with_its_end():
+    bench = _load()
+    assert bench.tile_origins(1333, 384) == [0, 384, 768, 949]
+    assert bench.tile_origins(755, 384) == [0, 371]
+    assert bench.tile_origins(768, 384) == [0, 384]
+    assert bench.tile_origins(300, 384) == [0]
+    for length in (385, 755, 1000, 1333):
+        starts = bench.tile_origins(length, 384)
+        covered = set()
+        for s in starts:
+            assert 0 <= s and s + 384 <= length
+            covered |= set(range(s, s + 384))
+        assert covered == set(range(length))
+
+
+def test_ground_truth_of_a_tile_is_clipped_and_keeps_mostly_visible_boxes():
+    bench = _load()
+    boxes = torch.tensor([[10.0, 10.0, 30.0, 30.0],      # inside the tile at (0, 0)
+                          [90.0, 10.0, 110.0, 30.0],     # half inside (x 90..100)
+                          [95.0, 10.0, 115.0, 30.0],     # a quarter inside
+                          [200.0, 200.0, 220.0, 220.0]])  # outside
+    labels = torch.tensor([1, 2, 3, 4])
+    kept, kept_labels = bench.tile_ground_truth(boxes, labels, 0, 0, 100, 0.5)
+    assert kept_labels.tolist() == [1, 2]
+    assert kept.tolist() == [[10.0, 10.0, 30.0, 30.0], [90.0, 10.0, 100.0, 30.0]]
+    shifted, shifted_labels = bench.tile_ground_truth(boxes, labels, 100, 0, 100, 0.5)
+    # in the tile at x 100: the other half of box 2, three quarters of box 3
+    assert shifted_labels.tolist() == [2, 3]
+    assert shifted.tolist() == [[0.0, 10.0, 10.0, 30.0], [0.0, 10.0, 15.0, 30.0]]
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for a detector: records the inputs and the transform's sizes, detects nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.transform = SimpleNamespace(min_size=(800,), max_size=1333)
+        self.seen = []
+
+    def forward(self, images):
+        self.seen.append((tuple(images[0].shape), self.transform.min_size,
+                          self.transform.max_size))
+        empty = torch.zeros(0)
+        return [{"boxes": torch.zeros(0, 4), "scores": empty, "labels": empty.long()}]
+
+
+def test_every_tile_goes_in_at_the_training_size_and_the_resize_is_put_back(tiny_set):
+    bench = _load()
+    net = _Recorder()
+    metrics = bench.evaluate_tiles(net, tiny_set, [0, 1], tile=384, min_visible=0.5,
+                                   progress=False)
+    # 256 x 160 resized by the model's rule (short side 800, long side at most 1333): 1280 x 800
+    per_image = len(bench.tile_origins(1280, 384)) * len(bench.tile_origins(800, 384))
+    assert metrics["num_tiles"] == len(net.seen) == 2 * per_image == 24
+    assert {shape for shape, _, _ in net.seen} == {(3, 384, 384)}
+    assert {(mn, mx) for _, mn, mx in net.seen} == {((384,), 384)}
+    assert (net.transform.min_size, net.transform.max_size) == ((800,), 1333)
+    assert metrics["num_boxes"] >= sum(len(tiny_set[i][1]["boxes"]) for i in (0, 1))
+    assert metrics["AP"] == 0.0 and metrics["num_detections"] == 0
