@@ -19,8 +19,15 @@ This script measures what that costs. For each checkpoint it evaluates COCO AP o
   each tile run as an image of its own with the model's resize switched off; the ground truth
   of a tile is every box with at least ``--min-visible`` of its area inside, clipped to the tile.
 
-A two-stage checkpoint is the control: its two numbers should be close. Results, with their
-provenance, go to ``--out`` (JSON).
+- ``tiled``: sliding-window inference on the **whole** images, scored against the images' own
+  ground truth like ``whole``: :class:`oralx_lib.engine.tiling.TiledDetector` runs the model on
+  ``--tile`` windows overlapping by ``--overlap`` pixels at the same 1333 x 755 scale and merges
+  their detections. This is the evaluation that matches crop training end to end (what
+  ``python -m oralx_lib evaluate --tile 384`` does).
+
+A two-stage checkpoint is the control: its numbers should be close. Results, with their
+provenance (per row), go to ``--out`` (JSON); ``--append`` adds rows to an existing file
+measured on the same images (rows of the same checkpoint and step are replaced).
 
     python benchmarks/bench_tile_eval.py --checkpoints runs/ref_960/di_rpn_seed0/best.pt \\
         runs/reference_runs/moqam_seed0/best.pt --images 20 --threads 1 \\
@@ -30,6 +37,7 @@ provenance, go to ``--out`` (JSON).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -42,13 +50,10 @@ from tqdm import tqdm  # noqa: E402
 from _common import provenance, write_results  # noqa: E402
 
 
-def tile_origins(length: int, tile: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``[0, length)``, the last one flush with
-    the end (so every tile has the full size; tiles overlap where ``length`` is not a multiple)."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, tile))
-    return starts + [length - tile]
+from oralx_lib.engine.tiling import TiledDetector, tile_origins  # noqa: E402
+
+#: What is measured per checkpoint (see the module's docstring).
+MODES = ("whole", "tiles", "tiled")
 
 
 def tile_ground_truth(boxes, labels, x0: int, y0: int, tile: int, min_visible: float):
@@ -130,6 +135,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tile", type=int, default=384, help="tile side (the training crop)")
     parser.add_argument("--min-visible", type=float, default=0.5,
                         help="share of a box's area inside a tile for it to count there")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="least overlap of the sliding windows of 'tiled' (default: tile/2)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                        help="what to measure (default: all)")
+    parser.add_argument("--append", action="store_true",
+                        help="add the rows to --out (same --images) instead of replacing it")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--out", default=None, help="JSON results file")
@@ -145,6 +156,18 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    overlap = args.tile // 2 if args.overlap is None else args.overlap
+    earlier = []
+    if args.append and args.out and Path(args.out).is_file():
+        before = json.loads(Path(args.out).read_text())
+        if before.get("images") != args.images or before.get("tile") != args.tile:
+            raise ConfigError(f"--append {args.out}: its rows are on {before.get('images')} "
+                              f"images with tile {before.get('tile')}; pass --images "
+                              f"{before.get('images')} --tile {before.get('tile')} or another "
+                              "--out.")
+        # rows written before rows had their own provenance take the file's
+        earlier = [{**r, "provenance": r.get("provenance", before["provenance"])}
+                   for r in before["rows"]]
     rows = []
     keys = ("AP", "AP50", "APs", "APm", "AR100", "num_images", "num_detections")
     for path in args.checkpoints:
@@ -158,25 +181,36 @@ def main(argv=None) -> int:
         dataset = OralXrays9(data_root, "val")
         indices = list(range(min(args.images, len(dataset))))
         model = load_model(path)
-        tic = time.perf_counter()
-        whole, _ = evaluate_model(model, Subset(dataset, indices), progress=args.progress)
-        whole_s = time.perf_counter() - tic
-        tic = time.perf_counter()
-        tiles = evaluate_tiles(model, dataset, indices, args.tile, args.min_visible,
-                               progress=args.progress)
-        tiles_s = time.perf_counter() - tic
-        row = {"checkpoint": str(path), "model": config["model"], "seed": config["seed"],
-               "step": int(state["step"]), "profile": config.get("profile"),
-               "train_crop": config.get("train_crop"),
-               "whole": {k: whole[k] for k in keys}, "whole_s": round(whole_s, 1),
-               "tiles": {k: tiles[k] for k in keys + ("num_tiles", "num_boxes")},
-               "tiles_s": round(tiles_s, 1)}
+        row = {"checkpoint": str(path), "run": path.parent.name, "model": config["model"],
+               "seed": config["seed"], "lr": config.get("lr"), "step": int(state["step"]),
+               "profile": config.get("profile"), "train_crop": config.get("train_crop")}
+        if "whole" in args.modes:
+            tic = time.perf_counter()
+            whole, _ = evaluate_model(model, Subset(dataset, indices), progress=args.progress)
+            row["whole"], row["whole_s"] = ({k: whole[k] for k in keys},
+                                            round(time.perf_counter() - tic, 1))
+        if "tiles" in args.modes:
+            tic = time.perf_counter()
+            tiles = evaluate_tiles(model, dataset, indices, args.tile, args.min_visible,
+                                   progress=args.progress)
+            row["tiles"], row["tiles_s"] = ({k: tiles[k] for k in keys + ("num_tiles",
+                                                                          "num_boxes")},
+                                            round(time.perf_counter() - tic, 1))
+        if "tiled" in args.modes:
+            tic = time.perf_counter()
+            tiled, _ = evaluate_model(TiledDetector(model, tile=args.tile, overlap=overlap),
+                                      Subset(dataset, indices), progress=args.progress)
+            row["tiled"], row["tiled_s"] = ({k: tiled[k] for k in keys},
+                                            round(time.perf_counter() - tic, 1))
+            row["tiled_overlap"] = overlap
+        row["provenance"] = provenance()
         rows.append(row)
-        print(f"{config['model']:>12} seed {config['seed']} step {row['step']}: AP whole "
-              f"{whole['AP']:.4f} | tiles {tiles['AP']:.4f} (AP50 {whole['AP50']:.4f} | "
-              f"{tiles['AP50']:.4f}; {tiles['num_tiles']} tiles, {tiles['num_boxes']} boxes)")
-    write_results(args.out, {"provenance": provenance(), "images": args.images,
-                             "tile": args.tile, "min_visible": args.min_visible, "rows": rows})
+        print(f"{config['model']:>12} seed {config['seed']} step {row['step']}: AP "
+              + " | ".join(f"{mode} {row[mode]['AP']:.4f}" for mode in MODES if mode in row))
+    same = {(r["checkpoint"], r["step"]) for r in rows}
+    rows = [r for r in earlier if (r["checkpoint"], r["step"]) not in same] + rows
+    write_results(args.out, {"images": args.images, "tile": args.tile,
+                             "min_visible": args.min_visible, "rows": rows})
     return 0
 
 

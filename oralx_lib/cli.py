@@ -42,6 +42,9 @@ EVALUATE_EXAMPLES = f"""examples:
   {PROG} evaluate --checkpoint runs/demo/best.pt --split val --out runs/demo/val.json
   {PROG} evaluate --checkpoint runs/moqam/best.pt --data data/OralXrays-9 --split test \\
       --out runs/moqam/test.json --release-protocol
+  # a model trained on 384 x 384 crops (release_scale profile), run on 384 x 384 windows
+  {PROG} evaluate --checkpoint runs/moqam/best.pt --split val --out runs/moqam/val_tiled.json \\
+      --tile 384
 """
 
 PREDICT_EXAMPLES = f"""examples:
@@ -49,6 +52,7 @@ PREDICT_EXAMPLES = f"""examples:
   {PROG} predict --checkpoint runs/demo/best.pt my_xrays/ --out preds/ --score-thr 0.5
   # next to the images: writes my_xrays/NAME.pred.png and NAME.pred.json, inputs untouched
   {PROG} predict --checkpoint runs/demo/best.pt my_xrays/ --out my_xrays/
+  {PROG} predict --checkpoint runs/moqam/best.pt xray1.png --out preds/ --tile 384
 """
 
 #: Subcommands owned by the data tools: name -> (module, function, help). They are imported
@@ -112,6 +116,29 @@ def parse_set(items: Sequence[str]) -> dict:
     return result
 
 
+def _tile_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="sliding-window inference: run the model on overlapping N x N windows "
+                        "of each image at its own input scale and merge them "
+                        "(oralx_lib.engine.tiling); for a model trained on N x N crops, e.g. "
+                        "384 for the release_scale profile")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="least overlap of neighbouring windows (default: N / 2; at least the "
+                        "largest object's side)")
+
+
+def _tiled(model, args):
+    """``model``, or its :class:`~oralx_lib.engine.tiling.TiledDetector` with ``--tile``."""
+    if args.tile is None:
+        if args.tile_overlap is not None:
+            raise ConfigError(f"--tile-overlap {args.tile_overlap} without --tile: give the "
+                              "window's side too (e.g. --tile 384).")
+        return model
+    from oralx_lib.engine.tiling import TiledDetector
+
+    return TiledDetector(model, tile=args.tile, overlap=args.tile_overlap)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from oralx_lib.profiles import ENGINE_PROFILES as PROFILES
 
@@ -166,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--detections", help="also write the COCO detections to this JSON file")
+    _tile_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("predict", help="detections on image files (overlays + JSON)",
@@ -185,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the *.pred.png / *.pred.json of an earlier run in --out "
                         "(input images are never overwritten)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _tile_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
     # ---- data tools: thin wrappers, arguments forwarded as they are ---------------------------
@@ -242,7 +271,7 @@ def cmd_evaluate(args) -> int:
     if args.detections:
         check_out_file(args.detections, "--detections", "detections.json")
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, map_location=device)
+    model = _tiled(load_model(args.checkpoint, map_location=device), args)
     root = args.data
     if root is None:
         stored = load_checkpoint(args.checkpoint).get("config", {}).get("data_root")
@@ -254,7 +283,10 @@ def cmd_evaluate(args) -> int:
                                          max_dets=args.max_dets,
                                          release=args.release_protocol)
     report = {"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split,
-              "max_dets": args.max_dets, "metrics": metrics}
+              "max_dets": args.max_dets,
+              "tile": None if args.tile is None else {"tile": model.tile,
+                                                      "overlap": model.overlap},
+              "metrics": metrics}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -286,7 +318,7 @@ def cmd_predict(args) -> int:
     paths = image_paths(args.images)
     plan_outputs(paths, args.out, overwrite=args.overwrite)  # refuses before the model loads
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, map_location=device)
+    model = _tiled(load_model(args.checkpoint, map_location=device), args)
     results = predict_images(model, paths, score_thr=args.score_thr, out_dir=args.out,
                              device=device, progress=not args.no_progress,
                              batch_size=args.batch_size, overwrite=args.overwrite)

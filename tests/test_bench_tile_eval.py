@@ -4,10 +4,12 @@ the tile evaluation's plumbing (every tile at the training size, the model's res
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,3 +83,43 @@ def test_every_tile_goes_in_at_the_training_size_and_the_resize_is_put_back(tiny
     assert (net.transform.min_size, net.transform.max_size) == ((800,), 1333)
     assert metrics["num_boxes"] >= sum(len(tiny_set[i][1]["boxes"]) for i in (0, 1))
     assert metrics["AP"] == 0.0 and metrics["num_detections"] == 0
+
+
+@pytest.mark.slow
+def test_the_three_modes_on_a_checkpoint_and_append_keeps_earlier_rows(tmp_path):
+    from test_engine import make_tiny_set, tiny_config
+
+    from oralx_lib.engine import train
+    from oralx_lib.errors import ConfigError
+
+    bench = _load()
+    root = make_tiny_set(tmp_path / "data")
+    summary = train(tiny_config(root, tmp_path / "run", epochs=1, max_iters_per_epoch=2,
+                                val_split="val", eval_max_dets=20), progress=False)
+    out = tmp_path / "tile_eval.json"
+    common = ["--images", "2", "--tile", "64", "--threads", "1", "--no-progress", "--out",
+              str(out)]
+    assert bench.main(["--checkpoints", summary["last_checkpoint"], "--modes", "whole",
+                       *common]) == 0
+    first = json.loads(out.read_text())
+    (row,) = first["rows"]
+    assert set(row) >= {"whole", "provenance", "lr", "run"} and "tiled" not in row
+    assert bench.main(["--checkpoints", summary["best_checkpoint"], "--modes", "whole", "tiles",
+                       "tiled", "--overlap", "32", "--append", *common]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["checkpoint"] for r in rows] == [summary["last_checkpoint"],
+                                               summary["best_checkpoint"]]
+    assert rows[0] == row                                   # the earlier row, untouched
+    new = rows[1]
+    assert new["tiled_overlap"] == 32 and new["tiled"]["num_images"] == 2
+    assert new["tiles"]["num_tiles"] >= 2 * 2               # 96 x 128 input, 64-px tiles
+    # the same checkpoint and step again: its row is replaced, the other one kept
+    assert bench.main(["--checkpoints", summary["last_checkpoint"], "--modes", "tiled",
+                       "--append", *common]) == 0
+    again = json.loads(out.read_text())["rows"]
+    assert [r["checkpoint"] for r in again] == [summary["best_checkpoint"],
+                                                summary["last_checkpoint"]]
+    assert again[0] == new and "whole" not in again[1] and again[1]["tiled_overlap"] == 32
+    with pytest.raises(ConfigError, match="--images 2 --tile 64"):
+        bench.main(["--checkpoints", summary["best_checkpoint"], "--modes", "whole", "--append",
+                    "--images", "3", "--tile", "64", "--out", str(out), "--no-progress"])

@@ -101,6 +101,19 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     assert set(report["metrics"]["per_class_AP"]) == set(CLASSES)
     assert isinstance(json.loads((tmp_path / "dets.json").read_text()), list)
 
+    # sliding-window inference: the same checkpoint on 64 x 64 windows of its 96-pixel input
+    code = main(["evaluate", "--checkpoint", str(out / "best.pt"), "--split", "val", "--out",
+                 str(tmp_path / "val_tiled.json"), "--max-dets", "20", "--device", "cpu",
+                 "--no-progress", "--tile", "64", "--tile-overlap", "24"])
+    assert code == 0
+    tiled = json.loads((tmp_path / "val_tiled.json").read_text())
+    assert tiled["tile"] == {"tile": 64, "overlap": 24} and report["tile"] is None
+    assert tiled["metrics"]["num_images"] == report["metrics"]["num_images"]
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--out",
+                 str(tmp_path / "x.json"), "--tile-overlap", "24"]) == 2
+    assert "--tile-overlap 24 without --tile" in capsys.readouterr().err
+
     code = main(["predict", "--checkpoint", str(out / "best.pt"), str(root / "val2017"),
                  "--out", str(tmp_path / "pred"), "--score-thr", "0.0", "--device", "cpu",
                  "--no-progress"])

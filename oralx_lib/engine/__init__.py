@@ -21,6 +21,7 @@ from .history import MetricsLog, plot_history, read_jsonl
 from .inference import build_from_config, evaluate_model, load_model, model_detections
 from .launch import train_local_ddp
 from .predict import draw_detections, predict_images, read_image
+from .tiling import TiledDetector
 from .train import build_datasets, make_optimizer, make_scheduler, train
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "CheckpointError",
     "DistContext",
     "MetricsLog",
+    "TiledDetector",
     "TrainConfig",
     "TrainingError",
     "build_datasets",
