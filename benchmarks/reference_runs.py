@@ -70,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tqdm import tqdm  # noqa: E402
 
 from _common import provenance  # noqa: E402
-from oralx_lib import CLASSES  # noqa: E402
+from oralx_lib import CLASSES, paths  # noqa: E402
 from oralx_lib.errors import ConfigError  # noqa: E402
 from oralx_lib.files import write_text_atomic  # noqa: E402
 
@@ -328,7 +328,7 @@ def run_one(arm: str, seed: int, args, data_root: Path, rare: list[str]) -> dict
     config = json.loads((out_dir / "config.json").read_text())
     return {
         "arm": arm, "seed": seed, "model": spec["model"], "options": spec["options"],
-        "run_dir": str(out_dir), "settings": settings, "config": config,
+        "run_dir": paths.shown(out_dir), "settings": settings, "config": config,
         "rare_classes": rare,
         "stopping": {"rule": {"eval_every_epochs": args.eval_every,
                               "eval_every_steps": (curve[0]["step"] // curve[0]["epoch"]
@@ -368,8 +368,9 @@ def summarise(records: list[dict]) -> dict:
             for name in METRICS:
                 values = [r["final"][split][name] for r in mine if split in r["final"]]
                 values = [v for v in values if v is not None and not math.isnan(v)]
-                block[name] = {"mean": statistics.fmean(values) if values else math.nan,
-                               "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                # null, not NaN, where there is nothing to average: the file stays strict JSON
+                block[name] = {"mean": statistics.fmean(values) if values else None,
+                               "std": statistics.stdev(values) if len(values) > 1 else None,
                                "values": values}
             entry[split] = block
         entry["median_proposal_wh"] = [r["final"]["proposals_val"]["median_proposal_wh"]
@@ -378,12 +379,17 @@ def summarise(records: list[dict]) -> dict:
     return out
 
 
+def _mean_std(block: dict) -> str:
+    if block["mean"] is None:
+        return "-"
+    return f"{block['mean']:.4f} +- " + ("-" if block["std"] is None else f"{block['std']:.4f}")
+
+
 def table(summary: dict, split: str = "test") -> str:
     head = f"{'arm':<18} {'seeds':>5} " + " ".join(f"{m:>17}" for m in METRICS)
     lines = [f"({split} split, best checkpoint, mean +- std over seeds)", head, "-" * len(head)]
     for arm, entry in summary.items():
-        cells = [f"{entry[split][m]['mean']:.4f} +- {entry[split][m]['std']:.4f}"
-                 for m in METRICS]
+        cells = [_mean_std(entry[split][m]) for m in METRICS]
         lines.append(f"{arm:<18} {len(entry['seeds']):>5} " + " ".join(f"{c:>17}" for c in cells))
     return "\n".join(lines)
 
@@ -494,7 +500,7 @@ def main(argv=None) -> int:
         return 0
     summary = summarise(recorded)
     write_text_atomic(out / "summary.json", json.dumps(
-        {"provenance": provenance(), "data": str(data_root), "rare_classes": rare,
+        {"provenance": provenance(), "data": paths.shown(data_root), "rare_classes": rare,
          "summary": summary}, indent=1) + "\n")
     print(table(summary, "test" if any("test" in r["final"] for r in recorded) else "val"))
     return 0

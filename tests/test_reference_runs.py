@@ -80,8 +80,12 @@ def test_smoke_run_resumes_skips_and_continues(runner, tmp_path):
     assert sum(b["count"] for b in props["recall_by_size"].values()) > 0
     assert record["sessions"][0]["commit"] and record["sessions"][0]["cpu"]
     assert record["wall_s_total"] > 0 and len(record["rare_classes"]) == 3
-    summary = json.loads((out / "summary.json").read_text())
+    def strict(name):
+        raise AssertionError(f"summary.json holds {name}: not JSON")
+
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=strict)
     assert summary["summary"]["baseline"]["seeds"] == [0]
+    assert summary["summary"]["baseline"]["test"]["AP"]["std"] is None  # one seed: no spread
 
     # the same command again: the rule already holds, nothing is trained
     last = runs / "baseline_seed0" / "last.pt"
