@@ -180,3 +180,25 @@ def test_same_seed_pairs(tmp_path):
     assert table.loc[0, "APs difference"] == 0.0
     assert table.loc[1, "APs difference"] == pytest.approx(-0.03)
     assert table.loc[1, "rare_AP difference"] == pytest.approx(-0.02)
+
+
+def test_paired_table_reads_each_arm_on_its_own_seeds(tmp_path):
+    folder = _write(tmp_path / "ref", [
+        _record("baseline", s, 0.10 + 0.01 * s, 0.05, 0.02 + 0.01 * s) for s in range(3)] + [
+        _record("cb_scr", s, 0.09 + 0.01 * s, 0.05, 0.04 + 0.01 * s) for s in range(3)] + [
+        _record("cb_scr_w0.1", 1, 0.5, 0.05, 0.3),
+        _record("cb_scr_t0.5", 7, 0.5, 0.05, 0.3)])  # no seed shared with the others
+    ref = reference.load(folder)
+    table = reference.paired_table(ref, ["cb_scr", "cb_scr_w0.1", "cb_scr_t0.5"])
+    assert list(table.index) == ["cb_scr", "cb_scr_w0.1"]
+    assert table.loc["cb_scr", "seeds"] == "0/1/2"
+    assert table.loc["cb_scr", "AP"] == pytest.approx(0.10)
+    assert table.loc["cb_scr", "AP baseline"] == pytest.approx(0.11)
+    # the one-seed arm is read against seed 1 of the others, not their mean over 3 seeds
+    row = table.loc["cb_scr_w0.1"]
+    assert row["seeds"] == "1"
+    assert row["AP"] == pytest.approx(0.5) and row["rare_AP"] == pytest.approx(0.3)
+    assert row["AP cb_scr"] == pytest.approx(0.10) and row["rare_AP cb_scr"] == pytest.approx(0.05)
+    assert row["AP baseline"] == pytest.approx(0.11) and row["rare_AP baseline"] == pytest.approx(0.03)
+    assert reference.paired_table(ref, ["cb_scr_t0.5"]) is None
+    assert reference.paired_table(None, ["cb_scr"]) is None

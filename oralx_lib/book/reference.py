@@ -299,6 +299,38 @@ def arms_table(ref: Reference, arms=None, split: str = "test"):
     return pd.DataFrame(rows).T
 
 
+def paired_table(ref: Reference | None, arms, against=("cb_scr", "baseline"),
+                 metrics=("AP", "rare_AP"), split: str = "test"):
+    """Each arm next to the arms in ``against``, on the seeds that all of them ran.
+
+    One row per arm of ``arms`` that shares at least one seed with every arm of ``against``:
+    ``seeds`` (those shared seeds, e.g. ``"0"`` or ``"0/1/2"``), then for every metric the arm's
+    mean over those seeds and each ``against`` arm's mean over the same seeds (columns
+    ``"<metric>"`` and ``"<metric> <against arm>"``). A sweep run for one seed is thus read
+    against the same seed of the arms it varies, never against their mean over other seeds.
+    Arms without a shared seed are left out; ``None`` when no arm has one.
+    """
+    import pandas as pd
+
+    if ref is None:
+        return None
+    rows = {}
+    for arm in arms:
+        values = {a: {m: metric_values(ref, a, m, split) for m in metrics}
+                  for a in (arm, *against)}
+        shared = set.intersection(*(set(values[a][m]) for a in values for m in metrics))
+        if not shared:
+            continue
+        seeds = sorted(shared)
+        row = {"seeds": "/".join(str(s) for s in seeds)}
+        for m in metrics:
+            row[m] = statistics.fmean(values[arm][m][s] for s in seeds)
+            for other in against:
+                row[f"{m} {other}"] = statistics.fmean(values[other][m][s] for s in seeds)
+        rows[arm] = row
+    return pd.DataFrame(rows).T if rows else None
+
+
 def per_class_table(ref: Reference, arms, split: str = "test"):
     """Per-class AP (mean over seeds), classes as rows, arms as columns."""
     import pandas as pd
