@@ -36,7 +36,9 @@ checkpoint (by plateau-validation AP) on the **whole** validation and test split
 AP75, APs, APm, APl, per-class AP with the rare classes (fewest training boxes) apart, and for
 the two-stage models the RPN's proposal recall per size bin (IoU >= 0.5, network-input pixels)
 and the median proposal and ground-truth ``w x h`` (a collapsed regression shows there); the
-provenance of every invocation (command, commit, hardware, wall time).
+provenance of every invocation (command, commit, hardware, wall time). With ``--final-tile PX``
+the best checkpoint is also scored with sliding windows of the training crop's size
+(``"<split>_tiled"``): the input scale a model trained on crops saw in training, on whole images.
 
 Resumable: the engine writes ``last.pt`` every ``--checkpoint-every`` steps and at every epoch
 end, a killed runner continues the (arm, seed) it was on from there, and an (arm, seed) whose
@@ -50,6 +52,8 @@ refused rather than mixed.
     python benchmarks/reference_runs.py --arms baseline --seeds 0 --max-steps 8 \\
         --eval-every 1 --epoch-steps 4 --plateau-val-images 2 --final-val-images 4 \\
         --out /tmp/ref --runs /tmp/ref_runs                  # a smoke test
+    python benchmarks/reference_runs.py --arms moqam --seeds 2 --moqam-max-steps 480 \
+        --final-splits test --final-tile 384 ...             # + sliding windows (no training)
 """
 
 from __future__ import annotations
@@ -230,7 +234,12 @@ def proposal_stats(model, dataset, images: int) -> dict:
 
 def final_evaluation(out_dir: Path, data_root: Path, rare: list[str], args, model_name: str,
                      progress: bool) -> dict:
-    """The best checkpoint on the whole validation and test splits (cached beside it)."""
+    """The best checkpoint on the whole validation and test splits (cached beside it).
+
+    With ``--final-tile PX`` the same checkpoint is also evaluated with sliding windows of
+    PX x PX (:class:`oralx_lib.engine.tiling.TiledDetector`) on the same splits, recorded as
+    ``"<split>_tiled"`` with the window settings; whole-image numbers already cached are kept.
+    """
     import torch
     from torch.utils.data import Subset
 
@@ -245,29 +254,51 @@ def final_evaluation(out_dir: Path, data_root: Path, rare: list[str], args, mode
     key = {"checkpoint": best.name, "mtime_ns": best.stat().st_mtime_ns,
            "final_val_images": args.final_val_images, "proposal_images": args.proposal_images,
            "rare": rare, "final_splits": list(args.final_splits)}
+    tile = ({"tile": args.final_tile, "overlap": args.final_tile_overlap}
+            if args.final_tile else None)
+    result = None
     if cache.is_file():
         stored = json.loads(cache.read_text())
         if stored.get("key") == key:
-            return stored["result"]
-    step = int(load_checkpoint(best, map_location="cpu")["step"])
-    model = load_model(best)
+            result = stored["result"]
+            todo = [s for s in args.final_splits
+                    if tile and (result.get(f"{s}_tiled") or {}).get("tile") != tile]
+            if not todo:
+                return result
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = {"checkpoint": best.name, "step": step}
-    for split in args.final_splits:
-        if not annotation_file(data_root, split).is_file():
-            continue
+    model = load_model(best)
+
+    def split_set(split):
         dataset = OralXrays9(data_root, split)
         if args.final_val_images is not None:
             dataset = Subset(dataset, range(min(args.final_val_images, len(dataset))))
-        metrics, _ = evaluate_model(model, dataset, progress=progress, max_dets=100)
-        result[split] = split_metrics(metrics, rare)
-    if model_name in TWO_STAGE and args.proposal_images > 0:
-        result["proposals_val"] = proposal_stats(model, OralXrays9(data_root, "val"),
-                                                 args.proposal_images)
-    else:
-        result["proposals_val"] = None  # MOQAM: no single RPN proposal set to measure
-    write_text_atomic(cache, json.dumps({"key": key, "result": result}, indent=1))
+        return dataset
+
+    splits = [s for s in args.final_splits if annotation_file(data_root, s).is_file()]
+    if result is None:  # the whole images, as the release evaluates
+        step = int(load_checkpoint(best, map_location="cpu")["step"])
+        result = {"checkpoint": best.name, "step": step}
+        for split in splits:
+            metrics, _ = evaluate_model(model, split_set(split), progress=progress, max_dets=100)
+            result[split] = split_metrics(metrics, rare)
+        if model_name in TWO_STAGE and args.proposal_images > 0:
+            result["proposals_val"] = proposal_stats(model, OralXrays9(data_root, "val"),
+                                                     args.proposal_images)
+        else:
+            result["proposals_val"] = None  # MOQAM: no single RPN proposal set to measure
+        write_text_atomic(cache, json.dumps({"key": key, "result": result}, indent=1))
+    if tile:  # sliding windows of the training crop's size (oralx_lib.engine.tiling)
+        from oralx_lib.engine.tiling import TiledDetector
+
+        tiled = TiledDetector(model, tile=tile["tile"], overlap=tile["overlap"])
+        for split in splits:
+            if (result.get(f"{split}_tiled") or {}).get("tile") == tile:
+                continue
+            metrics, _ = evaluate_model(tiled, split_set(split), progress=progress, max_dets=100)
+            result[f"{split}_tiled"] = {**split_metrics(metrics, rare), "tile": tile}
+            # each split is kept as soon as it is measured: an interrupted run loses no split
+            write_text_atomic(cache, json.dumps({"key": key, "result": result}, indent=1))
     return result
 
 
@@ -363,7 +394,9 @@ def summarise(records: list[dict]) -> dict:
                  "stopped_at_steps": [r["stopping"]["steps"] for r in mine],
                  "best_steps": [r["stopping"]["best_step"] for r in mine],
                  "stop_reasons": [r["stopping"]["reason"] for r in mine]}
-        for split in ("val", "test"):
+        for split in ("val", "test", "val_tiled", "test_tiled"):
+            if split.endswith("_tiled") and not any(split in r["final"] for r in mine):
+                continue
             block = {}
             for name in METRICS:
                 values = [r["final"][split][name] for r in mine if split in r["final"]]
@@ -433,6 +466,14 @@ def parse_args(argv=None):
                         choices=["val", "test"],
                         help="splits the best checkpoint is evaluated on at the end (whole "
                              "image sets; each image costs about 4.5 s on one CPU thread)")
+    parser.add_argument("--final-tile", type=int, default=0, metavar="PX",
+                        help="also evaluate the best checkpoint with sliding windows of PX x PX "
+                             "(oralx_lib.engine.tiling; the release_scale profile trains on "
+                             "384 x 384 crops): splits '<split>_tiled' in the record. 0: off. "
+                             "A recorded run is evaluated again without training; its "
+                             "whole-image numbers are kept")
+    parser.add_argument("--final-tile-overlap", type=int, default=None, metavar="PX",
+                        help="overlap of neighbouring windows (default: half the window)")
     parser.add_argument("--proposal-images", type=int, default=d["proposal_images"],
                         help="validation images for proposal recall and sizes (0: skip)")
     parser.add_argument("--rare", type=int, default=d["rare"],
@@ -458,6 +499,16 @@ def parse_args(argv=None):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     if args.lr <= 0 or args.eps < 0 or args.warmup < 0:
         raise ConfigError("--lr must be > 0, --eps and --warmup >= 0")
+    if args.final_tile < 0:
+        raise ConfigError("--final-tile must be >= 0 (0: whole images only), e.g. --final-tile 384")
+    if args.final_tile_overlap is not None and not args.final_tile:
+        raise ConfigError("--final-tile-overlap needs --final-tile (e.g. --final-tile 384 "
+                          "--final-tile-overlap 192)")
+    if args.final_tile and args.final_tile_overlap is None:
+        args.final_tile_overlap = args.final_tile // 2
+    if args.final_tile and not 0 <= args.final_tile_overlap < args.final_tile:
+        raise ConfigError(f"--final-tile-overlap must be in [0, {args.final_tile}) for "
+                          f"--final-tile {args.final_tile}")
     if args.runs is None:
         from oralx_lib.paths import runs_root
 

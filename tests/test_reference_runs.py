@@ -103,6 +103,30 @@ def test_smoke_run_resumes_skips_and_continues(runner, tmp_path):
     # the first four steps were not trained again: their logged losses are unchanged
     assert more["loss_curve"][:4] == record["loss_curve"]
 
+    # --final-tile evaluates the recorded checkpoint again with sliding windows, trains nothing,
+    # and keeps the whole-image numbers it already had
+    stamp = last.stat().st_mtime_ns
+    assert runner.main(base + ["--max-steps", "6", "--final-tile", "64"]) == 0
+    assert last.stat().st_mtime_ns == stamp
+    tiled = json.loads((out / "baseline_seed0.json").read_text())
+    for split in ("val", "test"):
+        assert tiled["final"][split] == more["final"][split]
+        block = tiled["final"][f"{split}_tiled"]
+        assert block["tile"] == {"tile": 64, "overlap": 32} and block["num_images"] == 2
+        assert {"AP", "APs", "rare_AP", "per_class_AP"} <= set(block)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["summary"]["baseline"]["test_tiled"]["AP"]["values"] == [
+        tiled["final"]["test_tiled"]["AP"]]
+    # another overlap is measured again; the same settings are read from the cache
+    assert runner.main(base + ["--max-steps", "6", "--final-tile", "64",
+                               "--final-tile-overlap", "16"]) == 0
+    other = json.loads((out / "baseline_seed0.json").read_text())
+    assert other["final"]["test_tiled"]["tile"] == {"tile": 64, "overlap": 16}
+    for bad in (["--final-tile", "-1"], ["--final-tile-overlap", "8"],
+                ["--final-tile", "64", "--final-tile-overlap", "64"]):
+        with pytest.raises(ConfigError, match="final-tile"):
+            runner.parse_args(base + bad)
+
     # --summary-only trains nothing and rebuilds summary.json from the recorded files
     (out / "summary.json").unlink()
     stamp = last.stat().st_mtime_ns
