@@ -202,3 +202,32 @@ def test_paired_table_reads_each_arm_on_its_own_seeds(tmp_path):
     assert row["AP baseline"] == pytest.approx(0.11) and row["rare_AP baseline"] == pytest.approx(0.03)
     assert reference.paired_table(ref, ["cb_scr_t0.5"]) is None
     assert reference.paired_table(None, ["cb_scr"]) is None
+
+
+def test_tiled_reading_follows_the_numbers(tmp_path):
+    def with_tiled(record, ap):
+        record["final"]["test_tiled"] = {**record["final"]["test"], "AP": ap,
+                                         "num_images": 153, "tile": {"tile": 384, "overlap": 192}}
+        return record
+
+    assert "--final-tile 384" in reference.tiled_reading(None)
+    base = [_record("moqam_rcnn", s, 0.17, 0.1, 0.05) for s in range(3)]
+    ahead = _write(tmp_path / "a", base + [with_tiled(_record("moqam", 2, 0.03, 0.01, 0.05), 0.20),
+                                           _record("moqam", 0, 0.02, 0.01, 0.05)])
+    text = reference.tiled_reading(reference.load(ahead))
+    assert "seed 2" in text and "0.200 against 0.030" in text and "0.170 on whole images" in text
+    assert "from -0.140 on whole images to +0.030" in text and "not from the design" in text
+    assert "not scored with windows" in text and "a direction, not a verdict" in text
+    behind = _write(tmp_path / "b", base + [with_tiled(_record("moqam", s, 0.03, 0.01, 0.05), 0.10)
+                                            for s in range(3)])
+    text = reference.tiled_reading(reference.load(behind))
+    assert "3 seeds" in text and "reduce the deficit but do not remove it" in text
+    assert "not a verdict" not in text and "not from the design" not in text
+    none = _write(tmp_path / "c", base + [with_tiled(_record("moqam", 5, 0.03, 0.01, 0.05), 0.1)])
+    assert "share no seed" in reference.tiled_reading(reference.load(none))
+    # a control scored with windows too is compared with windows
+    both = _write(tmp_path / "d", [with_tiled(_record("moqam_rcnn", 0, 0.17, 0.1, 0.05), 0.25),
+                                   with_tiled(_record("moqam", 0, 0.03, 0.01, 0.05), 0.20)])
+    text = reference.tiled_reading(reference.load(both))
+    assert "0.250 with the same windows" in text and "with windows on both sides" in text
+    assert "reduce the deficit but do not remove it" in text
