@@ -3,23 +3,9 @@ that says which vector instructions a run's kernels used."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _load(name):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_summary_of_variants():
-    bench = _load("bench_cpu_determinism")
+def test_summary_of_variants(load_benchmark):
+    bench = load_benchmark("bench_cpu_determinism")
     results = {"native": {"losses": [3.0, 2.5, 2.0]}, "native_repeat": {"losses": [3.0, 2.5, 2.0]},
                "aten_avx2": {"losses": [3.0, 2.5, 2.1]}, "both_avx2": {"losses": [3.1, 2.4, 1.9]}}
     summary = bench.summarise(results)
@@ -31,10 +17,10 @@ def test_summary_of_variants():
     assert bench.summarise(results)["repeat_identical"] is False
 
 
-def test_provenance_names_the_kernels(monkeypatch):
+def test_provenance_names_the_kernels(load_benchmark, monkeypatch):
     import torch
 
-    common = _load("_common")
+    common = load_benchmark("_common")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     info = common.provenance()
     assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -1,26 +1,12 @@
 """benchmarks/bench_peer.py builds both detectors at the same sizes (needs the benchmark-only
 ``peer`` extra: transformers; skipped without it)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def _load():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_peer", ROOT / "benchmarks" / "bench_peer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_peer_and_query_head_have_the_same_architecture_sizes():
+def test_peer_and_query_head_have_the_same_architecture_sizes(load_benchmark):
     pytest.importorskip("transformers")
-    bench = _load()
+    bench = load_benchmark("bench_peer")
     peer = bench.peer_model(300, 9)
     head, full = bench.our_models(300, 512, 320)
     config = peer.config
@@ -36,9 +22,9 @@ def test_peer_and_query_head_have_the_same_architecture_sizes():
     assert count(full) > 1.2 * count(head)  # the branches come on top
 
 
-def test_same_images_for_both(tmp_path):
+def test_same_images_for_both(load_benchmark, tmp_path):
     pytest.importorskip("transformers")
-    bench = _load()
+    bench = load_benchmark("bench_peer")
     (ours_images, ours_targets), (pixels, labels) = bench.batch(2, 64, 48, "cpu")
     assert pixels.shape == (2, 3, 48, 64) and len(ours_images) == 2
     # the peer's boxes are ours in normalised cxcywh, its labels ours minus one

@@ -3,29 +3,15 @@ the tile evaluation's plumbing (every tile at the training size, the model's res
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def _load():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_tile_eval",
-                                                  REPO / "benchmarks" / "bench_tile_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiles_cover_the_image_flush_with_its_end():
-    bench = _load()
+def test_tiles_cover_the_image_flush_with_its_end(load_benchmark):
+    bench = load_benchmark("bench_tile_eval")
     assert bench.tile_origins(1333, 384) == [0, 384, 768, 949]
     assert bench.tile_origins(755, 384) == [0, 371]
     assert bench.tile_origins(768, 384) == [0, 384]
@@ -39,8 +25,8 @@ def test_tiles_cover_the_image_flush_with_its_end():
         assert covered == set(range(length))
 
 
-def test_ground_truth_of_a_tile_is_clipped_and_keeps_mostly_visible_boxes():
-    bench = _load()
+def test_ground_truth_of_a_tile_is_clipped_and_keeps_mostly_visible_boxes(load_benchmark):
+    bench = load_benchmark("bench_tile_eval")
     boxes = torch.tensor([[10.0, 10.0, 30.0, 30.0],      # inside the tile at (0, 0)
                           [90.0, 10.0, 110.0, 30.0],     # half inside (x 90..100)
                           [95.0, 10.0, 115.0, 30.0],     # a quarter inside
@@ -70,8 +56,8 @@ class _Recorder(torch.nn.Module):
         return [{"boxes": torch.zeros(0, 4), "scores": empty, "labels": empty.long()}]
 
 
-def test_every_tile_goes_in_at_the_training_size_and_the_resize_is_put_back(tiny_set):
-    bench = _load()
+def test_every_tile_goes_in_at_the_training_size_and_the_resize_is_put_back(load_benchmark, tiny_set):
+    bench = load_benchmark("bench_tile_eval")
     net = _Recorder()
     metrics = bench.evaluate_tiles(net, tiny_set, [0, 1], tile=384, min_visible=0.5,
                                    progress=False)
@@ -86,13 +72,13 @@ def test_every_tile_goes_in_at_the_training_size_and_the_resize_is_put_back(tiny
 
 
 @pytest.mark.slow
-def test_the_three_modes_on_a_checkpoint_and_append_keeps_earlier_rows(tmp_path):
+def test_the_three_modes_on_a_checkpoint_and_append_keeps_earlier_rows(load_benchmark, tmp_path):
     from test_engine import make_tiny_set, tiny_config
 
     from oralx_lib.engine import train
     from oralx_lib.errors import ConfigError
 
-    bench = _load()
+    bench = load_benchmark("bench_tile_eval")
     root = make_tiny_set(tmp_path / "data")
     summary = train(tiny_config(root, tmp_path / "run", epochs=1, max_iters_per_epoch=2,
                                 val_split="val", eval_max_dets=20), progress=False)

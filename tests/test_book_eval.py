@@ -7,8 +7,6 @@ import torch
 
 from oralx_lib import CLASSES
 from oralx_lib.book import eval_stats as es, eval_figures as ef, explorers
-from oralx_lib.data import OralXrays9
-from oralx_lib.data.synthetic import generate_dataset
 from oralx_lib.models import balanced_supcon_loss, build_model
 from oralx_lib.errors import ConfigError
 

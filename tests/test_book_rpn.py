@@ -12,8 +12,6 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from oralx_lib.book import rpn_stats as rs, rpn_figures as rf, explorers
-from oralx_lib.data import OralXrays9
-from oralx_lib.data.synthetic import generate_dataset
 from oralx_lib.models import DynamicIoUAssigner, FixedIoUAssigner, build_model
 from oralx_lib.errors import ConfigError
 from oralx_lib.book.selfcheck.di_rpn import reference_best_anchor_iou

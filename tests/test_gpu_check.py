@@ -1,24 +1,10 @@
 """benchmarks/gpu_check.py: what it does without a GPU (refuse, clearly) and its file name."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_refuses_without_cuda(monkeypatch, capsys, tmp_path):
-    gpu_check = _load()
+def test_refuses_without_cuda(load_benchmark, monkeypatch, capsys, tmp_path):
+    gpu_check = load_benchmark("gpu_check")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "gpu.json"
     assert gpu_check.main(["--out", str(out)]) == 2
@@ -27,16 +13,16 @@ def test_refuses_without_cuda(monkeypatch, capsys, tmp_path):
     assert not out.exists()
 
 
-def test_results_file_is_named_after_the_gpu():
-    gpu_check = _load()
+def test_results_file_is_named_after_the_gpu(load_benchmark):
+    gpu_check = load_benchmark("gpu_check")
     assert gpu_check.device_slug("Tesla T4") == "tesla_t4"
     assert gpu_check.device_slug("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
 
 
-def test_measurements_run_end_to_end_on_cpu_at_the_tiny_profile():
+def test_measurements_run_end_to_end_on_cpu_at_the_tiny_profile(load_benchmark):
     """The measuring code itself, at the tiny profile on the CPU in fp32 (CPU bf16 autocast is
     too slow for a unit test; no peak memory on a CPU): every field the GPU run writes."""
-    gpu_check = _load()
+    gpu_check = load_benchmark("gpu_check")
     result = gpu_check.measure(gpu_check.Budget(600), steps=1, device="cpu",
                                profiles=("tiny",), amp_modes=(False,))
     row = result["moqam"]["tiny_fp32"]

@@ -3,26 +3,16 @@ end-to-end smoke run with a tiny budget that is resumed, skipped when done, and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from oralx_lib.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
-def runner():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("reference_runs",
-                                                  REPO / "benchmarks" / "reference_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def runner(load_benchmark):
+    return load_benchmark("reference_runs")
 
 
 def test_plateau_rule_by_hand(runner):
