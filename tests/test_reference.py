@@ -193,6 +193,8 @@ def test_paired_table_reads_each_arm_on_its_own_seeds(tmp_path):
     assert table.loc["cb_scr", "seeds"] == "0/1/2"
     assert table.loc["cb_scr", "AP"] == pytest.approx(0.10)
     assert table.loc["cb_scr", "AP baseline"] == pytest.approx(0.11)
+    # the numbers are numbers (a rounded table shows them rounded), the seeds text
+    assert table.round(1).loc["cb_scr", "AP baseline"] == pytest.approx(0.1)
     # the one-seed arm is read against seed 1 of the others, not their mean over 3 seeds
     row = table.loc["cb_scr_w0.1"]
     assert row["seeds"] == "1"

@@ -386,7 +386,12 @@ def paired_table(ref: Reference | None, arms, against=("cb_scr", "baseline"),
             for other in against:
                 row[f"{m} {other}"] = statistics.fmean(values[other][m][s] for s in seeds)
         rows[arm] = row
-    return pd.DataFrame(rows).T if rows else None
+    if not rows:
+        return None
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    numeric = [c for c in table.columns if c != "seeds"]
+    table[numeric] = table[numeric].astype(float)  # so that .round() applies
+    return table
 
 
 def per_class_table(ref: Reference, arms, split: str = "test"):
