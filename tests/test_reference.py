@@ -205,6 +205,27 @@ def test_paired_table_reads_each_arm_on_its_own_seeds(tmp_path):
     assert reference.paired_table(None, ["cb_scr"]) is None
 
 
+def test_compare_arms_pairs_any_two_arms(tmp_path):
+    folder = _write(tmp_path / "ref", [
+        _record("baseline", s, 0.10, 0.05, 0.02 + 0.01 * s) for s in range(3)] + [
+        _record("cb_scr_w0.1", s, 0.12, 0.05, 0.05 + 0.01 * s + 0.001 * (s == 1),
+                reason="max_steps") for s in range(3)] + [
+        _record("cb_scr_w0.5", 0, 0.12, 0.05, 0.05)])
+    ref = reference.load(folder)
+    rare = reference.compare_arms(ref, "cb_scr_w0.1", "baseline", "rare_AP")
+    assert rare.seeds == [0, 1, 2] and rare.mean_diff == pytest.approx(0.030333, abs=1e-5)
+    assert rare.verdict == "confirmed"
+    assert "cb_scr_w0.1 improves rare_AP over baseline is confirmed" in rare.sentence()
+    assert "3 of these 6 runs stopped at their step cap" in rare.sentence()
+    one = reference.compare_arms(ref, "cb_scr_w0.5", "baseline", "AP", claim="w0.5 helps")
+    assert one.n == 1 and one.verdict == "not yet decided"
+    assert "not yet a verdict on the claim that w0.5 helps" in one.sentence()
+    # the paper's claims are the same comparison under a name
+    claim = reference.compare(ref, "cb_scr_rare")
+    assert claim.key == "cb_scr_rare" and claim.n == 0 and claim.verdict == "not measured"
+    assert reference.compare_arms(None, "cb_scr", "baseline", "AP").verdict == "not measured"
+
+
 def test_tiled_reading_follows_the_numbers(tmp_path):
     def with_tiled(record, ap):
         record["final"]["test_tiled"] = {**record["final"]["test"], "AP": ap,

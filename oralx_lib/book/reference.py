@@ -248,16 +248,31 @@ class Comparison:
 def compare(ref: Reference | None, key: str, split: str = "test") -> Comparison:
     """The comparison of :data:`CLAIMS` ``[key]`` on the reference runs (empty when missing)."""
     spec = CLAIMS[key]
-    arm_values = metric_values(ref, spec["arm"], spec["metric"], split) if ref else {}
-    against_values = metric_values(ref, spec["against"], spec["metric"], split) if ref else {}
+    comparison = compare_arms(ref, spec["arm"], spec["against"], spec["metric"],
+                              claim=spec["claim"], split=split)
+    comparison.key = key
+    return comparison
+
+
+def compare_arms(ref: Reference | None, arm: str, against: str, metric: str, *,
+                 claim: str = "", split: str = "test") -> Comparison:
+    """Any two arms on one metric, paired by seed, with the verdict rule of :func:`verdict`.
+
+    What :func:`compare` does for the paper's claims, for comparisons that are not among
+    :data:`CLAIMS` (a sweep setting against the baseline, say). ``claim`` is what the
+    sentence says is confirmed or not; it defaults to "<arm> improves <metric> over <against>".
+    """
+    arm_values = metric_values(ref, arm, metric, split) if ref else {}
+    against_values = metric_values(ref, against, metric, split) if ref else {}
     capped = {}
     if ref is not None:
-        for (arm, seed), record in ref.records.items():
+        for (name, seed), record in ref.records.items():
             stop = record.get("stopping", {})
-            if arm in (spec["arm"], spec["against"]) and stop.get("reason") == "max_steps":
-                capped[(arm, seed)] = int(stop.get("steps", 0))
-    return Comparison(key=key, claim=spec["claim"], arm=spec["arm"], against=spec["against"],
-                      metric=spec["metric"], split=split, arm_values=arm_values,
+            if name in (arm, against) and stop.get("reason") == "max_steps":
+                capped[(name, seed)] = int(stop.get("steps", 0))
+    return Comparison(key=f"{arm}-{against}-{metric}",
+                      claim=claim or f"{arm} improves {metric} over {against}", arm=arm,
+                      against=against, metric=metric, split=split, arm_values=arm_values,
                       against_values=against_values, capped=capped)
 
 
