@@ -7,13 +7,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.oralx-installed
 DATA   := data/synthetic
-NB_TIMEOUT ?= 600
+# pytest workers (pytest-xdist): one per CPU core
+TEST_JOBS ?= auto
 
 .PHONY: setup data book test test-fast student strip bench clean help
 
 help:
 	@echo "make book     build the site to _build/html (sets everything up first)"
-	@echo "make test     run the test suite and execute every notebook"
+	@echo "make test     run the test suite, then execute every chapter as make book does"
 	@echo "make student  build the student edition (solutions hidden) to _build/student"
 	@echo "make strip    remove outputs from the notebooks before committing"
 	@echo "make bench    run the speed benchmarks (prints tables, writes benchmarks/results/)"
@@ -29,17 +30,21 @@ setup: $(STAMP)
 data: setup
 	$(BIN)/python -c "from oralx_lib.data import ensure_synthetic; print('dataset:', ensure_synthetic('$(DATA)'))"
 
-# booktools.bookbuild executes the chapters (cached in _build/stage, restarted if a kernel
-# stalls) and renders them with Jupyter Book (`jupyter-book build .` by hand works too).
+# booktools.bookbuild trains the chapters' shared runs side by side, executes the chapters
+# (side by side, cached in _build/stage, restarted if a kernel stalls) and renders them with
+# Jupyter Book (`jupyter-book build .` by hand works too).
 book: data
 	$(BIN)/python -m booktools.bookbuild
 
 student: data
 	$(BIN)/python -m booktools.bookbuild --student
 
+# The unit tests on every core, then every chapter executed by the book's own executor (a
+# failing cell fails the target and is printed with its traceback); a later `make book`
+# reuses those executed chapters and only renders.
 test: data
-	$(BIN)/python -m pytest tests --nbmake $$($(BIN)/python -m booktools.notebooks toc) \
-		--nbmake-timeout=$(NB_TIMEOUT) --reruns 1 -p no:cacheprovider -p booktools.kernelclient
+	$(BIN)/python -m pytest tests -n $(TEST_JOBS) -p no:cacheprovider
+	$(BIN)/python -m booktools.bookbuild --execute-only
 
 test-fast: data
 	$(BIN)/python -m pytest tests -m "not slow"

@@ -174,9 +174,10 @@ def _kill_tree(proc) -> None:
 
 
 def run_watched(src: Path, dst: Path, *, key: str, cell_timeout: int, stall: float,
-                retries: int) -> float:
+                retries: int, threads: int | None = None) -> float:
     """Execute ``src`` into ``dst`` in a child process, restarting it when its process tree
     stalls (less than 1% of a core for ``stall`` seconds); return the seconds it took.
+    ``threads`` sets the kernel's CPU threads (``OMP_NUM_THREADS``, unless already set).
 
     Raises:
         BookBuildError: the chapter raised (its traceback is above), or it stalled on every try.
@@ -187,7 +188,10 @@ def run_watched(src: Path, dst: Path, *, key: str, cell_timeout: int, stall: flo
            "--key", key, "--cell-timeout", str(cell_timeout)]
     for attempt in range(retries + 1):
         start = time.monotonic()
-        child = subprocess.Popen(cmd, env=tools_env())
+        env = tools_env()
+        if threads is not None:
+            env.setdefault("OMP_NUM_THREADS", str(threads))
+        child = subprocess.Popen(cmd, env=env)
         proc = psutil.Process(child.pid)
         last_cpu, last_time = _tree_cpu(proc), time.monotonic()
         stalled = False
@@ -267,34 +271,95 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+#: Each chapter's seconds the last time it executed (orders the next build, longest first).
+SECONDS_FILE = Path("_build") / "chapter_seconds.json"
+
+
+def _previous_seconds(root: Path) -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in json.loads((root / SECONDS_FILE).read_text()).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _trains(src: Path) -> bool:
+    """Whether a chapter asks for one of the shared runs (calls ``run_experiment``)."""
+    nb = nbformat.read(src, as_version=4)
+    return any(c.cell_type == "code" and "run_experiment(" in c.source for c in nb.cells)
+
+
+def default_jobs() -> int:
+    """Chapters executed side by side: one per CPU core, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def execute_chapters(root: Path, stage: Path, *, cell_timeout: int, stall: float,
-                     retries: int, keep_going: bool = True) -> dict[str, str]:
+                     retries: int, keep_going: bool = True, jobs: int = 1,
+                     prepare: bool = True) -> dict[str, str]:
     """Execute (or reuse) every notebook ``_toc.yml`` lists into ``stage``; return
-    ``{notebook: "cached" | "N s" | "failed"}`` and raise :class:`BookBuildError` if any failed."""
+    ``{notebook: "cached" | "N s" | "failed"}`` and raise :class:`BookBuildError` if any failed.
+
+    With ``jobs`` > 1 the chapters run side by side, longest first (by the last build's times),
+    each kernel on ``cores // jobs`` threads. Before any chapter that calls ``run_experiment``
+    runs, ``prepare`` trains the runs the chapters share (:func:`oralx_lib.book.experiments.prepare_runs`, ``jobs`` at a
+    time), so that no chapter waits for another's training.
+    """
     env_key = environment_key(root)
     report: dict[str, str] = {}
-    failures = []
+    todo = []
     for src in _notebooks.toc_notebooks(root / "_toc.yml"):
         rel = src.relative_to(root)
         dst = stage / rel
         key = notebook_key(src, env_key)
         if cached_key(dst) == key:
             report[str(rel)] = "cached"
-            continue
+        else:
+            report[str(rel)] = "failed"  # until it has run
+            todo.append((src, rel, dst, key))
+    if not todo:
+        return report
+    if prepare and any(_trains(src) for src, *_ in todo):
+        from oralx_lib.book.experiments import prepare_runs
+
+        print("training the chapters' shared runs (reused when finished)", flush=True)
+        try:
+            prepare_runs(jobs=jobs)
+        except OralXError as exc:
+            raise BookBuildError(str(exc)) from exc
+    previous = _previous_seconds(root)
+    todo.sort(key=lambda item: -previous.get(str(item[1]), 0.0))
+    threads = None if jobs <= 1 else max(1, (os.cpu_count() or 1) // jobs)
+    failures: list[str] = []
+
+    def one(item) -> None:
+        src, rel, dst, key = item
+        if failures and not keep_going:
+            return
         print(f"executing {rel}", flush=True)
         try:
             took = run_watched(src, dst, key=key, cell_timeout=cell_timeout, stall=stall,
-                               retries=retries)
+                               retries=retries, threads=threads)
         except BookBuildError as exc:
-            report[str(rel)] = "failed"
             failures.append(str(exc))
             if dst.exists():
                 dst.unlink()  # never render a stale copy of a failing chapter
-            if not keep_going:
-                break
-            continue
+            return
         report[str(rel)] = f"{took:.0f} s"
+        previous[str(rel)] = took
         print(f"{rel}: executed in {took:.0f} s", flush=True)
+
+    try:
+        if jobs <= 1:
+            for item in todo:
+                one(item)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(jobs) as pool:
+                list(pool.map(one, todo))
+    finally:
+        (root / SECONDS_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (root / SECONDS_FILE).write_text(json.dumps(previous, indent=1))
     if failures:
         raise BookBuildError("\n".join(failures))
     return report
@@ -315,8 +380,10 @@ def render(stage: Path, out_parent: Path, *, warnings_as_errors: bool = False) -
 
 
 def build(root: Path | None = None, *, student: bool = False, cell_timeout: int = 1500,
-          stall: float = 180.0, retries: int = 2, warnings_as_errors: bool = False) -> Path:
-    """Execute the chapters (cached) and render the site; return the html folder.
+          stall: float = 180.0, retries: int = 2, warnings_as_errors: bool = False,
+          jobs: int | None = None, execute_only: bool = False) -> Path:
+    """Execute the chapters (cached, ``jobs`` side by side) and render the site; return the
+    html folder (with ``execute_only``: execute, render nothing, return the stage folder).
 
     The main site goes to ``ROOT/_build/html``. With ``student``, the student edition goes to
     ``ROOT/_build/student/html`` (solutions removed, see :mod:`booktools.student`) and the
@@ -326,9 +393,13 @@ def build(root: Path | None = None, *, student: bool = False, cell_timeout: int 
     stage = root / STAGE
     t0 = time.monotonic()
     report = execute_chapters(root, stage, cell_timeout=cell_timeout, stall=stall,
-                              retries=retries)
+                              retries=retries, jobs=jobs or default_jobs())
     (root / "_build").mkdir(exist_ok=True)
     (root / "_build" / "execution.json").write_text(json.dumps(report, indent=1))
+    if execute_only:
+        print("chapters: " + ", ".join(f"{k} ({v})" for k, v in report.items()))
+        print(f"executed copies: {stage} ({time.monotonic() - t0:.0f} s)")
+        return stage
     if student:
         from .student import write_student_notebooks
 
@@ -368,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stall", type=float, default=180.0,
                         help="restart a chapter whose processes use no CPU for this many seconds")
     parser.add_argument("--retries", type=int, default=2, help="restarts after a stall")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="chapters (and shared runs) executed side by side (default: one per "
+                             "CPU core, at most 4)")
+    parser.add_argument("--execute-only", action="store_true",
+                        help="execute the chapters into _build/stage (what make test checks); "
+                             "render nothing")
     parser.add_argument("-W", dest="warnings_as_errors", action="store_true",
                         help="turn Sphinx warnings into errors")
     parser.add_argument("--execute-one", nargs=2, metavar=("SRC", "DST"), type=Path,
@@ -387,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build(args.root, student=args.student, cell_timeout=args.cell_timeout,
               stall=args.stall, retries=args.retries,
-              warnings_as_errors=args.warnings_as_errors)
+              warnings_as_errors=args.warnings_as_errors, jobs=args.jobs,
+              execute_only=args.execute_only)
     except OralXError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -17,8 +17,8 @@ The guard
 :data:`SLICE` seconds, each slice a fresh poll that first checks the socket, until the caller's
 timeout is used up; a missed wake-up then costs at most one slice. Messages, their order and
 the callers' timeouts are unchanged. ``booktools.bookbuild`` installs it in the process that
-executes a chapter; ``make test`` loads it into pytest (``-p booktools.kernelclient``) for
-nbmake. The watchdog of :mod:`booktools.bookbuild` stays as the second line of defence.
+executes a chapter (``make book`` and ``make test`` alike). Its watchdog stays as the second
+line of defence.
 """
 
 from __future__ import annotations
@@ -61,6 +61,3 @@ def installed() -> bool:
     """Whether :func:`install` has run in this process."""
     return _ORIGINAL is not None
 
-
-def pytest_configure(config) -> None:  # pytest plugin: `pytest -p booktools.kernelclient`
-    install()

@@ -242,6 +242,9 @@ BOOK_FAST: dict[str, Any] = {
     "lr_milestones": [2],
     "warmup_iters": 8,
     "val_subset": 12,
+    # One torch thread: a run's numbers are the same on any CPU whatever its core count (two
+    # threads sum in another order), and the book build trains several runs side by side.
+    "num_threads": 1,
 }
 
 

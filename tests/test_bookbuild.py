@@ -108,6 +108,37 @@ def test_execute_chapters_executes_once_then_reuses(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_chapters_side_by_side_each_on_its_share_of_the_cores(tmp_path, monkeypatch):
+    import json
+    import os
+
+    monkeypatch.setenv("ORALX_DATA", str(tmp_path / "no-data"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    root = _book(tmp_path / "root")
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    toc["parts"][0]["chapters"].append({"file": "book/other"})
+    (root / "_toc.yml").write_text(yaml.safe_dump(toc))
+    for name in ("ch", "other"):
+        _notebook(root / "book" / f"{name}.ipynb",
+                  "import os, time\nstart = time.time()\ntime.sleep(3)",
+                  "print(os.environ.get('OMP_NUM_THREADS'), start, time.time())")
+    stage = tmp_path / "stage"
+    report = bookbuild.execute_chapters(root, stage, cell_timeout=60, stall=60, retries=0,
+                                        jobs=2)
+    assert set(report) == {"book/ch.ipynb", "book/other.ipynb"}
+    spans = []
+    for name in ("ch", "other"):
+        threads, start, end = nbformat.read(stage / "book" / f"{name}.ipynb", as_version=4
+                                            ).cells[1].outputs[0]["text"].split()
+        assert threads == str(max(1, (os.cpu_count() or 1) // 2))
+        spans.append((float(start), float(end)))
+    (s1, e1), (s2, e2) = spans
+    assert max(s1, s2) < min(e1, e2)  # the two chapters overlapped in time
+    seconds = json.loads((root / bookbuild.SECONDS_FILE).read_text())
+    assert set(seconds) == {"book/ch.ipynb", "book/other.ipynb"}
+
+
+@pytest.mark.slow
 def test_a_failing_cell_fails_the_build_and_leaves_no_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("ORALX_DATA", str(tmp_path / "no-data"))
     root = _book(tmp_path / "root")

@@ -6,6 +6,11 @@ and evaluation chapters). :func:`run_experiment` trains a model once into
 the same; an interrupted run is resumed from its ``last.pt``. Evaluations are cached beside
 the checkpoints.
 
+Runs are locked while they are checked and trained (a file lock beside the run's folder): two
+chapters executed side by side, or two notebooks open at once, train a run once, and the
+second waits for it. :func:`prepare_runs` trains the runs the chapters use (:data:`BOOK_RUNS`)
+side by side before a build executes the chapters (``python -m oralx_lib.book.experiments``).
+
 The ``fast`` book profile (``ORALX_PROFILE=fast``, the site build and CI) is the engine's
 ``tiny`` profile with :data:`BOOK_FAST` on top: a ResNet-18 FPN from scratch at 512 x 288 for a few
 CPU minutes. The ``full`` profile is the released recipe on a GPU.
@@ -14,7 +19,11 @@ CPU minutes. The ``full`` profile is the released recipe on a GPU.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +127,33 @@ def same_training(saved: dict, wanted: dict) -> bool:
     return strip(saved) == strip(wanted)
 
 
+@contextmanager
+def run_lock(out: Path, *, progress: bool = True):
+    """Hold ``<out>.lock`` (an OS file lock, released when the holder ends, even killed).
+
+    A second process waits, saying so once. On a file system without file locks (some network
+    mounts) the run goes ahead unlocked: one process per run is then the user's care.
+    """
+    from filelock import FileLock, Timeout
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out) + ".lock")
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if progress:
+                print(f"waiting for another process that trains {paths.shown(out)}", flush=True)
+            lock.acquire()
+    except NotImplementedError:  # no flock here: nothing to hold
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, data=None,
                    name: str | None = None, progress: bool = True,
                    **overrides) -> Experiment:
@@ -132,6 +168,9 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
         name: folder name under ``runs/book/`` (default ``<model>-<profile>-s<seed>``).
         **overrides: :class:`oralx_lib.engine.TrainConfig` fields.
 
+    The run is locked while it is checked and trained (:func:`run_lock`): another process
+    asking for the same run waits, then reuses it.
+
     A run whose saved ``config.json`` differs from the requested config (:func:`same_training`:
     where the run and the data live does not count), or that was trained on other annotation
     files, is moved aside to ``<name>.previous`` and trained again.
@@ -145,19 +184,115 @@ def run_experiment(model: str, *, seed: int = 0, profile: str | None = None, dat
     settings = {**BOOK_SCHEDULES.get(prof, {}), **overrides}
     config = make_config(prof, model=model, seed=seed, data_root=str(data_root.resolve()),
                          out_dir=str(out), **settings)
-    saved, stamp = out / "config.json", out / "data_fingerprint.txt"
-    fingerprint = dataset_fingerprint(data_root, (config.train_split, config.val_split))
-    stale = saved.is_file() and (not same_training(json.loads(saved.read_text()),
-                                                   json.loads(config.to_json()))
-                                 or not stamp.is_file() or stamp.read_text() != fingerprint)
-    if stale:
-        previous = out.with_name(out.name + ".previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        out.rename(previous)
-    summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    if summary is None or summary.get("epochs_completed", 0) < config.epochs:
-        out.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(fingerprint)
-        summary = train(config, progress=progress, resume=True)
-    return Experiment(name=name, out_dir=out, config=config, summary=summary)
+    with run_lock(out, progress=progress):
+        saved, stamp = out / "config.json", out / "data_fingerprint.txt"
+        fingerprint = dataset_fingerprint(data_root, (config.train_split, config.val_split))
+        stale = saved.is_file() and (not same_training(json.loads(saved.read_text()),
+                                                       json.loads(config.to_json()))
+                                     or not stamp.is_file() or stamp.read_text() != fingerprint)
+        if stale:
+            previous = out.with_name(out.name + ".previous")
+            shutil.rmtree(previous, ignore_errors=True)
+            out.rename(previous)
+        summary_path = out / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        if summary is None or summary.get("epochs_completed", 0) < config.epochs:
+            out.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(fingerprint)
+            summary = train(config, progress=progress, resume=True)
+        return Experiment(name=name, out_dir=out, config=config, summary=summary)
+
+
+# --------------------------------------------------------------------- the chapters' runs
+
+#: The runs the chapters train with :func:`run_experiment` (models at their defaults; seed 0),
+#: longest first. ``tests/test_book_runs.py`` checks that every chapter asks for no other.
+BOOK_RUNS: tuple[str, ...] = ("moqam", "cb_scr", "faster_rcnn", "di_rpn", "moqam_rcnn")
+
+
+def _prepare_one(model: str, profile: str | None, data, overrides: dict) -> tuple[str, float]:
+    """Worker of :func:`prepare_runs`: train (or reuse) one run; return its name and seconds."""
+    start = time.monotonic()
+    run = run_experiment(model, profile=profile, data=data, progress=False, **overrides)
+    return run.name, time.monotonic() - start
+
+
+def default_jobs(profile: str | None = None) -> int:
+    """Runs trained side by side: one per CPU core (at most 4) in the CPU profiles, each on one
+    torch thread; one in the GPU profiles (they share the one device)."""
+    if engine_profile(profile) not in BOOK_SCHEDULES:
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def prepare_runs(models=BOOK_RUNS, *, jobs: int | None = None, profile: str | None = None,
+                 data=None, progress: bool = True, **overrides) -> dict[str, float]:
+    """Train the chapters' runs that are not finished yet, ``jobs`` at a time, each in its own
+    process; return ``{run name: seconds}`` (a finished run takes about none).
+
+    The results are the runs :func:`run_experiment` trains one after another (the ``fast``
+    profile fixes ``num_threads`` to 1, so a run's numbers do not depend on how many run beside
+    it). A run that fails raises here, with the model named, after the others have finished.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    models = list(models)
+    jobs = max(1, min(jobs or default_jobs(profile), len(models) or 1))
+    done: dict[str, float] = {}
+    errors: list[str] = []
+    bar = tqdm(total=len(models), desc="book runs", unit="run", disable=not progress,
+               file=sys.stderr)
+    if jobs == 1:
+        for model in models:
+            name, took = _prepare_one(model, profile, data, overrides)
+            done[name] = took
+            bar.update()
+    else:
+        # spawn: a fresh interpreter per worker (no forked torch thread pools or open files)
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_prepare_one, m, profile, data, overrides): m for m in models}
+            for future in as_completed(futures):
+                try:
+                    name, took = future.result()
+                    done[name] = took
+                    if progress:
+                        tqdm.write(f"{name}: {took:.0f} s")
+                except Exception as exc:  # noqa: BLE001 - reported together below
+                    errors.append(f"{futures[future]}: {type(exc).__name__}: {exc}")
+                bar.update()
+    bar.close()
+    if errors:
+        from ..errors import TrainingError
+
+        raise TrainingError("the book's runs did not all train:\n" + "\n".join(errors))
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m oralx_lib.book.experiments [--jobs N]``: train the chapters' runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m oralx_lib.book.experiments",
+        description="Train the runs the book's chapters use (runs/book/), several side by side; "
+                    "finished runs are reused, interrupted ones resumed.")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs trained at once (default: one per core, at most 4; 1 on a GPU)")
+    parser.add_argument("--models", nargs="+", default=list(BOOK_RUNS), choices=BOOK_RUNS,
+                        help="which runs (default: all of them)")
+    args = parser.parse_args(argv)
+    # the workers pickle prepare_runs' helper by its module's name, not as __main__'s
+    from oralx_lib.book.experiments import prepare_runs
+
+    start = time.monotonic()
+    done = prepare_runs(args.models, jobs=args.jobs)
+    print("book runs: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in done.items())
+          + f"; {time.monotonic() - start:.0f} s in all", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -671,6 +671,7 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
         config = TrainConfig.from_dict(config)
     config.validate()
     check_out_dir(config.out_dir)
+    threads = torch.get_num_threads()  # config.num_threads holds for this run only
     ctx = setup_distributed(config.device)
     try:
         out, last = Path(config.out_dir), Path(config.out_dir) / "last.pt"
@@ -705,6 +706,7 @@ def train(config: TrainConfig | dict, *, progress: bool = True, resume: bool = F
         barrier(ctx)
         return summary
     finally:
+        torch.set_num_threads(threads)
         cleanup_distributed(ctx)
 
 
