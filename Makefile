@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# (the rare-class evaluation set is written by the first chapter that needs it, under a lock)
 data: setup
 	$(BIN)/python -c "from oralx_lib.data import ensure_synthetic; print('dataset:', ensure_synthetic('$(DATA)'))"
 

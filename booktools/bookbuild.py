@@ -282,15 +282,59 @@ def _previous_seconds(root: Path) -> dict[str, float]:
         return {}
 
 
-def _trains(src: Path) -> bool:
-    """Whether a chapter asks for one of the shared runs (calls ``run_experiment``)."""
-    nb = nbformat.read(src, as_version=4)
-    return any(c.cell_type == "code" and "run_experiment(" in c.source for c in nb.cells)
+#: The models ``run_experiment`` trains (its first argument).
+RUN_MODELS = ("faster_rcnn", "di_rpn", "cb_scr", "moqam_rcnn", "moqam")
+
+
+def chapter_runs(src: Path) -> list[tuple[str, list[str]]]:
+    """``(model, keyword names)`` of every ``run_experiment`` call in a chapter's code cells.
+
+    A model given by a variable (``run_experiment(model)`` over a dict of models) is read from
+    the model names among the cell's string literals.
+    """
+    import ast
+
+    asked = []
+    for cell in nbformat.read(src, as_version=4).cells:
+        if cell.cell_type != "code" or "run_experiment(" not in cell.source:
+            continue
+        code = "\n".join(line for line in cell.source.splitlines()
+                         if not line.lstrip().startswith(("%", "!")))
+        tree = ast.parse(code)
+        literals = [n.value for n in ast.walk(tree)
+                    if isinstance(n, ast.Constant) and n.value in RUN_MODELS]
+        for node in ast.walk(tree):
+            func = getattr(node, "func", None)
+            name = getattr(func, "id", None) or getattr(func, "attr", None)
+            if not isinstance(node, ast.Call) or name != "run_experiment":
+                continue
+            keywords = [k.arg for k in node.keywords]
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Constant):
+                asked.append((first.value, keywords))
+            else:
+                asked.extend((model, keywords) for model in literals)
+    return asked
 
 
 def default_jobs() -> int:
-    """Chapters executed side by side: one per CPU core, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Tasks run side by side: one per CPU core, at most 4, in the CPU profile; one in the GPU
+    profile (its chapters share the one device). See
+    :func:`oralx_lib.book.experiments.default_jobs`."""
+    from oralx_lib.book.experiments import default_jobs as jobs
+
+    return jobs()
+
+
+def _train_run(model: str) -> float:
+    """Train (or reuse) one of the chapters' shared runs in a child process; return seconds."""
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "oralx_lib.book.experiments", "--models",
+                             model, "--jobs", "1", "--quiet"], env=tools_env(), check=False)
+    if result.returncode != 0:
+        raise BookBuildError(f"the shared run {model!r} failed to train (exit "
+                             f"{result.returncode}); its traceback is printed above.")
+    return time.monotonic() - start
 
 
 def execute_chapters(root: Path, stage: Path, *, cell_timeout: int, stall: float,
@@ -299,11 +343,14 @@ def execute_chapters(root: Path, stage: Path, *, cell_timeout: int, stall: float
     """Execute (or reuse) every notebook ``_toc.yml`` lists into ``stage``; return
     ``{notebook: "cached" | "N s" | "failed"}`` and raise :class:`BookBuildError` if any failed.
 
-    With ``jobs`` > 1 the chapters run side by side, longest first (by the last build's times),
-    each kernel on ``cores // jobs`` threads. Before any chapter that calls ``run_experiment``
-    runs, ``prepare`` trains the runs the chapters share (:func:`oralx_lib.book.experiments.prepare_runs`, ``jobs`` at a
-    time), so that no chapter waits for another's training.
+    ``jobs`` tasks run side by side, each kernel on ``cores // jobs`` threads. With ``prepare``
+    the tasks are the chapters plus the shared runs they ask for (:func:`chapter_runs`, trained
+    by :mod:`oralx_lib.book.experiments`, longest first): a chapter starts once its runs are
+    finished, so that no chapter waits inside a cell for another's training, and a free slot
+    takes a ready chapter (longest first, by the last build's times) while runs still train.
     """
+    import threading
+
     env_key = environment_key(root)
     report: dict[str, str] = {}
     todo = []
@@ -318,45 +365,87 @@ def execute_chapters(root: Path, stage: Path, *, cell_timeout: int, stall: float
             todo.append((src, rel, dst, key))
     if not todo:
         return report
-    if prepare and any(_trains(src) for src, *_ in todo):
-        from oralx_lib.book.experiments import prepare_runs
+    needs = {str(rel): ({m for m, _ in chapter_runs(src)} if prepare else set())
+             for src, rel, _, _ in todo}
+    from oralx_lib.book.experiments import BOOK_RUNS
 
-        print("training the chapters' shared runs (reused when finished)", flush=True)
-        try:
-            prepare_runs(jobs=jobs)
-        except OralXError as exc:
-            raise BookBuildError(str(exc)) from exc
+    # a run not listed in BOOK_RUNS is left to its chapter (tests/test_book_runs.py: none is)
+    needs = {rel: models & set(BOOK_RUNS) for rel, models in needs.items()}
+    wanted = set().union(*needs.values())
+    runs = [m for m in BOOK_RUNS if m in wanted]
     previous = _previous_seconds(root)
-    todo.sort(key=lambda item: -previous.get(str(item[1]), 0.0))
+    todo.sort(key=lambda item: -previous.get(str(item[1]), len(nbformat.read(item[0], 4).cells)))
     threads = None if jobs <= 1 else max(1, (os.cpu_count() or 1) // jobs)
     failures: list[str] = []
+    trained: set[str] = set()
+    broken: set[str] = set()
+    cond = threading.Condition()
+    running = 0
 
-    def one(item) -> None:
-        src, rel, dst, key = item
-        if failures and not keep_going:
-            return
-        print(f"executing {rel}", flush=True)
+    def run_task(task) -> None:
+        kind, item = task
         try:
+            if kind == "run":
+                print(f"training the shared run {item} (reused if finished)", flush=True)
+                took = _train_run(item)
+                print(f"shared run {item}: {took:.0f} s", flush=True)
+                with cond:
+                    trained.add(item)
+                return
+            src, rel, dst, key = item
+            print(f"executing {rel}", flush=True)
             took = run_watched(src, dst, key=key, cell_timeout=cell_timeout, stall=stall,
                                retries=retries, threads=threads)
+            with cond:
+                report[str(rel)] = f"{took:.0f} s"
+                previous[str(rel)] = took
+            print(f"{rel}: executed in {took:.0f} s", flush=True)
         except BookBuildError as exc:
-            failures.append(str(exc))
-            if dst.exists():
-                dst.unlink()  # never render a stale copy of a failing chapter
-            return
-        report[str(rel)] = f"{took:.0f} s"
-        previous[str(rel)] = took
-        print(f"{rel}: executed in {took:.0f} s", flush=True)
+            with cond:
+                failures.append(str(exc))
+                if kind == "run":
+                    broken.add(item)
+            if kind == "chapter" and item[2].exists():
+                item[2].unlink()  # never render a stale copy of a failing chapter
+
+    def pick():
+        """The next task that may start now, or None."""
+        if failures and not keep_going:
+            return None
+        if runs:
+            return "run", runs.pop(0)
+        for i, item in enumerate(todo):
+            blocked = needs[str(item[1])] & broken
+            if blocked:
+                todo.pop(i)
+                failures.append(f"{item[1]}: not executed; the shared run(s) {sorted(blocked)} "
+                                "failed (above).")
+                return pick()
+            if needs[str(item[1])] <= trained:
+                return "chapter", todo.pop(i)
+        return None
+
+    def worker(task) -> None:
+        nonlocal running
+        try:
+            run_task(task)
+        finally:
+            with cond:
+                running -= 1
+                cond.notify_all()
 
     try:
-        if jobs <= 1:
-            for item in todo:
-                one(item)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(jobs) as pool:
-                list(pool.map(one, todo))
+        with cond:
+            while True:
+                while running < jobs:
+                    task = pick()
+                    if task is None:
+                        break
+                    running += 1
+                    threading.Thread(target=worker, args=(task,), daemon=True).start()
+                if running == 0:
+                    break
+                cond.wait()
     finally:
         (root / SECONDS_FILE).parent.mkdir(parents=True, exist_ok=True)
         (root / SECONDS_FILE).write_text(json.dumps(previous, indent=1))

@@ -4,7 +4,6 @@ another that trains the same run."""
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -12,45 +11,22 @@ import textwrap
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 
+from booktools import bookbuild
 from oralx_lib.book import experiments
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"faster_rcnn", "di_rpn", "cb_scr", "moqam_rcnn", "moqam"}
-
-
-def _asked_runs(path: Path) -> list[tuple[str, list[str]]]:
-    """``(model, keyword names)`` of every ``run_experiment`` call in a notebook's code; a
-    model given by a variable is read from the model names among the cell's string literals."""
-    asked = []
-    for cell in nbformat.read(path, as_version=4).cells:
-        if cell.cell_type != "code" or "run_experiment(" not in cell.source:
-            continue
-        code = "\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith(("%", "!")))
-        tree = ast.parse(code)
-        literals = [n.value for n in ast.walk(tree)
-                    if isinstance(n, ast.Constant) and n.value in MODELS]
-        for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "run_experiment"
-                    or isinstance(node, ast.Call)
-                    and getattr(node.func, "attr", None) == "run_experiment"):
-                keywords = [k.arg for k in node.keywords]
-                first = node.args[0] if node.args else None
-                if isinstance(first, ast.Constant):
-                    asked.append((first.value, keywords))
-                else:
-                    asked.extend((m, keywords) for m in literals)
-    return asked
 
 
 def test_the_chapters_ask_for_exactly_the_prepared_runs():
-    asked = [run for nb in sorted((ROOT / "book").glob("*.ipynb")) for run in _asked_runs(nb)]
+    asked = [run for nb in sorted((ROOT / "book").glob("*.ipynb"))
+             for run in bookbuild.chapter_runs(nb)]
     assert asked, "no chapter calls run_experiment: the parser above no longer sees them"
     # at their defaults (seed 0, no overrides): what prepare_runs trains is what they reuse
     assert all(not keywords or keywords == ["progress"] for _, keywords in asked), asked
     assert {model for model, _ in asked} == set(experiments.BOOK_RUNS)
+    assert set(bookbuild.RUN_MODELS) >= set(experiments.BOOK_RUNS)
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -104,3 +80,53 @@ def test_a_second_process_waits_for_the_run_lock(tmp_path):
     assert child.returncode == 0
     assert "waiting for another process that trains" in stdout
     assert float(stdout.split("got")[1].split()[0]) >= released
+
+
+def _side_by_side(code: str, env: dict, n: int = 2) -> list[str]:
+    """Run ``code`` in ``n`` Python processes at once; return their last output lines."""
+    import os
+
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                 env={**os.environ, **env}) for _ in range(n)]
+    lines = []
+    for child in children:
+        out, err = child.communicate(timeout=600)
+        assert child.returncode == 0, err[-3000:]
+        lines.append(out.strip().splitlines()[-1])
+    return lines
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_a_run_once_and_read_the_same_numbers(tmp_path):
+    from oralx_lib.data.synthetic import generate_dataset
+
+    data = generate_dataset(tmp_path / "data", train=2, val=2, test=0, seed=0, width=256,
+                            height=145, progress=False)
+    code = textwrap.dedent(f"""
+        import json
+        from oralx_lib.book.experiments import run_experiment
+        run = run_experiment("faster_rcnn", profile="tiny", data={str(data)!r}, epochs=1,
+                             max_iters_per_epoch=1, val_subset=1, warmup_iters=0,
+                             progress=False)
+        print(json.dumps(run.evaluate("val")["AP"]))
+    """)
+    first, second = _side_by_side(code, {"ORALX_RUNS": str(tmp_path / "runs")})
+    assert first == second
+    run = tmp_path / "runs" / "book" / "faster_rcnn-tiny-s0"
+    assert json.loads((run / "eval_val_100.json").read_text())["AP"] == json.loads(first)
+    assert isinstance(json.loads((run / "detections_val_100.json").read_text()), list)
+    assert len(_losses(run)) == 1  # trained once, not twice
+
+
+@pytest.mark.slow
+def test_two_processes_write_a_synthetic_set_once(tmp_path):
+    root = tmp_path / "set"
+    code = textwrap.dedent(f"""
+        from oralx_lib.data import OralXrays9, ensure_synthetic
+        ensure_synthetic({str(root)!r}, train=3, val=2, test=1, width=256, height=145,
+                         progress=False)
+        print(len(OralXrays9({str(root)!r}, "train")), len(OralXrays9({str(root)!r}, "test")))
+    """)
+    assert _side_by_side(code, {}) == ["3 1", "3 1"]
+    assert sorted(p.name for p in root.rglob("*.tmp")) == []

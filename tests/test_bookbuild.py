@@ -138,6 +138,65 @@ def test_chapters_side_by_side_each_on_its_share_of_the_cores(tmp_path, monkeypa
     assert set(seconds) == {"book/ch.ipynb", "book/other.ipynb"}
 
 
+def _two_chapters(root):
+    """Chapter ``ch`` asks for the shared run faster_rcnn (a call the scheduler reads, never
+    executed here); chapter ``other`` asks for none. Each prints when it started."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    toc["parts"][0]["chapters"].append({"file": "book/other"})
+    (root / "_toc.yml").write_text(yaml.safe_dump(toc))
+    _notebook(root / "book" / "ch.ipynb",
+              "import time\nif False:\n    run_experiment('faster_rcnn')\nprint(time.time())")
+    _notebook(root / "book" / "other.ipynb", "import time\nprint(time.time())")
+
+
+def _started(stage, name):
+    nb = nbformat.read(stage / "book" / f"{name}.ipynb", as_version=4)
+    return float(nb.cells[0].outputs[0]["text"])
+
+
+@pytest.mark.slow
+def test_a_chapter_starts_after_its_shared_run_and_a_free_slot_takes_another(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("ORALX_DATA", str(tmp_path / "no-data"))
+    root = _book(tmp_path / "root")
+    _two_chapters(root)
+    assert bookbuild.chapter_runs(root / "book" / "ch.ipynb") == [("faster_rcnn", [])]
+    trained = {}
+
+    def fake_train(model):  # long enough for the other chapter's kernel to start
+        time.sleep(15)
+        trained[model] = time.time()
+        return 15.0
+
+    monkeypatch.setattr(bookbuild, "_train_run", fake_train)
+    stage = tmp_path / "stage"
+    report = bookbuild.execute_chapters(root, stage, cell_timeout=60, stall=60, retries=0,
+                                        jobs=2)
+    assert set(report) == {"book/ch.ipynb", "book/other.ipynb"} and list(trained) == [
+        "faster_rcnn"]
+    assert _started(stage, "ch") >= trained["faster_rcnn"]  # after its run
+    assert _started(stage, "other") < trained["faster_rcnn"]  # beside the run
+
+
+@pytest.mark.slow
+def test_a_failed_shared_run_fails_its_chapters_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORALX_DATA", str(tmp_path / "no-data"))
+    root = _book(tmp_path / "root")
+    _two_chapters(root)
+
+    def broken(model):
+        raise bookbuild.BookBuildError(f"the shared run {model!r} failed to train")
+
+    monkeypatch.setattr(bookbuild, "_train_run", broken)
+    stage = tmp_path / "stage"
+    with pytest.raises(bookbuild.BookBuildError) as info:
+        bookbuild.execute_chapters(root, stage, cell_timeout=60, stall=60, retries=0, jobs=2)
+    assert "'faster_rcnn' failed to train" in str(info.value)
+    assert "book/ch.ipynb: not executed" in str(info.value)
+    assert not (stage / "book" / "ch.ipynb").exists()
+    assert (stage / "book" / "other.ipynb").is_file()
+
+
 @pytest.mark.slow
 def test_a_failing_cell_fails_the_build_and_leaves_no_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("ORALX_DATA", str(tmp_path / "no-data"))

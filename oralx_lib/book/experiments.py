@@ -83,16 +83,26 @@ class Experiment:
         cached = self._cached(stem)
         if cached is not None:
             return cached
-        from ..engine import evaluate_model
+        # chapters executed side by side evaluate a run once: the second waits, then reads
+        with run_lock(self.out_dir, progress=False):
+            cached = self._cached(stem)
+            if cached is not None:
+                return cached
+            from ..engine import evaluate_model
+            from ..files import atomic_write
 
-        metrics, detections = evaluate_model(self.model(), self._dataset(split),
-                                             max_dets=max_dets, release=release, progress=False)
-        if release:  # the detections file keeps COCO's top max_dets per image
-            from ..evaluation import top_per_image
+            metrics, detections = evaluate_model(self.model(), self._dataset(split),
+                                                 max_dets=max_dets, release=release,
+                                                 progress=False)
+            if release:  # the detections file keeps COCO's top max_dets per image
+                from ..evaluation import top_per_image
 
-            detections = top_per_image(detections, max_dets)
-        (self.out_dir / f"detections_{split}_{max_dets}.json").write_text(json.dumps(detections))
-        (self.out_dir / f"{stem}.json").write_text(json.dumps(metrics, indent=1))
+                detections = top_per_image(detections, max_dets)
+            with atomic_write(self.out_dir / f"detections_{split}_{max_dets}.json", "w",
+                              fsync=False) as f:
+                f.write(json.dumps(detections))
+            with atomic_write(self.out_dir / f"{stem}.json", "w", fsync=False) as f:
+                f.write(json.dumps(metrics, indent=1))
         return metrics
 
     def detections(self, split: str = "val", *, max_dets: int = 100) -> list[dict]:
@@ -283,14 +293,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs trained at once (default: one per core, at most 4; 1 on a GPU)")
     parser.add_argument("--models", nargs="+", default=list(BOOK_RUNS), choices=BOOK_RUNS,
                         help="which runs (default: all of them)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
     args = parser.parse_args(argv)
     # the workers pickle prepare_runs' helper by its module's name, not as __main__'s
     from oralx_lib.book.experiments import prepare_runs
 
     start = time.monotonic()
-    done = prepare_runs(args.models, jobs=args.jobs)
-    print("book runs: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in done.items())
-          + f"; {time.monotonic() - start:.0f} s in all", flush=True)
+    done = prepare_runs(args.models, jobs=args.jobs, progress=not args.quiet)
+    if not args.quiet:
+        print("book runs: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in done.items())
+              + f"; {time.monotonic() - start:.0f} s in all", flush=True)
     return 0
 
 

@@ -279,7 +279,17 @@ def ensure_synthetic(root: str | os.PathLike | None = None, **kwargs: Any) -> Pa
         return root
     if not (root / MARKER).exists() and _is_foreign(root) is not None:
         return root
-    return generate_dataset(root, progress=progress, **params)
+    # two processes (chapters executed side by side) write a set once: the second waits
+    from filelock import FileLock
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(root) + ".lock"):
+            if _marker_params(root) == params:
+                return root
+            return generate_dataset(root, progress=progress, **params)
+    except NotImplementedError:  # a file system without file locks
+        return generate_dataset(root, progress=progress, **params)
 
 
 def main(argv: list[str] | None = None) -> int:
