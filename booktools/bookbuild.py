@@ -18,8 +18,9 @@ nothing is hidden.
 Steps
 -----
 1. For each notebook ``_toc.yml`` lists: if ``STAGE/<path>`` holds an executed copy whose key
-   matches, reuse it; else execute it (working folder: the notebook's own folder, as Jupyter Book
-   does) and store it with its key. The key hashes the notebook's cells, every ``oralx_lib``
+   matches, reuse it; else execute it (working folder: the notebook's own folder, as Jupyter
+   Book does; several side by side, ``--jobs``, after the training runs they share, see
+   :func:`execute_chapters`) and store it with its key. The key hashes the notebook's cells, every ``oralx_lib``
    source file, the dataset's annotation files and the profile variables, so a rebuild with no
    change executes nothing (seconds), and a change to the library re-executes every chapter.
 2. Copy the other book sources (``book/``'s markdown, bibliography, pictures) into ``STAGE`` and
@@ -365,16 +366,17 @@ def execute_chapters(root: Path, stage: Path, *, cell_timeout: int, stall: float
             todo.append((src, rel, dst, key))
     if not todo:
         return report
-    needs = {str(rel): ({m for m, _ in chapter_runs(src)} if prepare else set())
-             for src, rel, _, _ in todo}
     from oralx_lib.book.experiments import BOOK_RUNS
 
     # a run not listed in BOOK_RUNS is left to its chapter (tests/test_book_runs.py: none is)
-    needs = {rel: models & set(BOOK_RUNS) for rel, models in needs.items()}
+    needs = {str(rel): ({m for m, _ in chapter_runs(src)} & set(BOOK_RUNS) if prepare else set())
+             for src, rel, _, _ in todo}
     wanted = set().union(*needs.values())
     runs = [m for m in BOOK_RUNS if m in wanted]
     previous = _previous_seconds(root)
-    todo.sort(key=lambda item: -previous.get(str(item[1]), len(nbformat.read(item[0], 4).cells)))
+    # longest first: by the last build's times, else by the number of cells
+    todo.sort(key=lambda item: -previous.get(str(item[1]),
+                                             len(nbformat.read(item[0], as_version=4).cells)))
     threads = None if jobs <= 1 else max(1, (os.cpu_count() or 1) // jobs)
     failures: list[str] = []
     trained: set[str] = set()
