@@ -22,7 +22,8 @@ Steps
    Book does; several side by side, ``--jobs``, after the training runs they share, see
    :func:`execute_chapters`) and store it with its key. The key hashes the notebook's cells,
    every ``oralx_lib`` source file, the dataset's annotation files and the profile variables, so
-   a rebuild with no change executes nothing (seconds), and a change to the library re-executes every chapter.
+   a rebuild with no change executes nothing (seconds), and a change to the library
+   re-executes every chapter.
 2. Copy the other book sources (``book/``'s markdown, bibliography, pictures) into ``STAGE`` and
    write ``STAGE/_config.yml``: the root's configuration with ``execute_notebooks: "off"``.
 3. ``jupyter-book build STAGE --path-output ROOT`` writes the site to ``ROOT/_build/html``.
